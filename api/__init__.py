@@ -1,0 +1,1 @@
+"""The thin REST API (OpenAI Batch API convention)."""

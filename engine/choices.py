@@ -1,0 +1,41 @@
+"""Decoding restricted to a fixed set of strings (labels) through a trie of their token sequences."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Node:
+    children: dict[int, "_Node"] = field(default_factory=dict)
+    terminal: bool = False
+
+
+class ChoiceTrie:
+    def __init__(self, sequences: list[list[int]]) -> None:
+        self.root = _Node()
+        for seq in sequences:
+            node = self.root
+            for token in seq:
+                node = node.children.setdefault(token, _Node())
+            node.terminal = True
+
+
+class ChoiceState:
+    """Where one request stands in its trie; ``end_token`` closes a label that is a prefix of another."""
+
+    def __init__(self, trie: ChoiceTrie, end_token: int) -> None:
+        self.node = trie.root
+        self.end_token = end_token
+
+    def allowed(self) -> list[int]:
+        tokens = list(self.node.children)
+        if self.node.terminal:
+            tokens.append(self.end_token)
+        return tokens
+
+    def advance(self, token: int) -> bool:
+        """Consume a sampled token; True when the answer is complete."""
+        if token == self.end_token and self.node.terminal:
+            return True
+        self.node = self.node.children[token]
+        return self.node.terminal and not self.node.children

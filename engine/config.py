@@ -1,0 +1,46 @@
+"""The engine's knobs, in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (the checkpoint's dtype; float32 on CPU for half dtypes)
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # the KV pool's size in blocks; None: derived from the memory budget
+    kv_cache_memory: int | None = None  # bytes for the KV pool; None: 1 GiB on CPU, 90% of free memory on GPU
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
+    enable_prefix_caching: bool = True
+    served_model_name: str | None = None
+    seed: int = 0  # for unseeded sampled requests
+    enable_cuda_graphs: bool = True  # decode steps on GPU only
+
+    def __post_init__(self) -> None:
+        if self.dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or auto, got {self.dtype!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu'")
+        return device

@@ -1,0 +1,14 @@
+"""Model definitions and checkpoint loading."""
+from engine.models.decoder import DecoderModel
+from engine.models.loader import load_hf_config, load_model, resolve_checkpoint
+from engine.models.spec import SUPPORTED_ARCHITECTURES, CheckpointError, ModelSpec
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "CheckpointError",
+    "DecoderModel",
+    "ModelSpec",
+    "load_hf_config",
+    "load_model",
+    "resolve_checkpoint",
+]

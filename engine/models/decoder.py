@@ -1,0 +1,90 @@
+"""One Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) over a packed varlen batch.
+
+Tokens of all scheduled requests are packed along one dimension; attention reads each request's
+context from the paged KV cache through kernels chosen by ``kernels.backend_for``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.models.spec import ModelSpec
+from kernels import AttentionMetadata, backend_for
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # [(H + 2 * Hkv) * D, hidden]
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 * I, hidden], gate rows first
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+class DecoderModel:
+    def __init__(
+        self, spec: ModelSpec, embed: torch.Tensor, layers: list[LayerWeights], norm: torch.Tensor, lm_head: torch.Tensor,
+        max_positions: int,
+    ) -> None:
+        self.spec = spec
+        self.embed = embed
+        self.layers = layers
+        self.norm = norm
+        self.lm_head = lm_head
+        self.device = embed.device
+        self.dtype = embed.dtype
+        self.ops = backend_for(self.device.type)
+        self.scale = spec.head_dim**-0.5
+        freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * spec.inv_freq[None, :]
+        self.cos_sin_cache = torch.cat(
+            (freqs.cos() * spec.rope_attention_scaling, freqs.sin() * spec.rope_attention_scaling), dim=-1
+        ).to(self.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        logits_indices: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (float32) at the rows ``logits_indices`` of the packed batch."""
+        ops, spec = self.ops, self.spec
+        num_tokens = input_ids.shape[0]
+        q_size, kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        hidden = F.embedding(input_ids, self.embed)
+        residual = None
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+            if residual is None:
+                residual = hidden
+                x = ops.rms_norm(hidden, layer.input_norm, spec.rms_norm_eps)
+            else:
+                x, residual = ops.rms_norm(hidden, layer.input_norm, spec.rms_norm_eps, residual)
+            qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            q = q.reshape(num_tokens, spec.num_heads, spec.head_dim)
+            k = k.reshape(num_tokens, spec.num_kv_heads, spec.head_dim)
+            v = v.reshape(num_tokens, spec.num_kv_heads, spec.head_dim)
+            if spec.qk_norm:
+                q = ops.rms_norm(q, layer.q_norm, spec.rms_norm_eps)
+                k = ops.rms_norm(k, layer.k_norm, spec.rms_norm_eps)
+            q, k = ops.rotary_embedding(positions, q, k, self.cos_sin_cache)
+            ops.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            attn = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
+            hidden = F.linear(attn.reshape(num_tokens, q_size), layer.o, layer.o_bias)
+            x, residual = ops.rms_norm(hidden, layer.post_norm, spec.rms_norm_eps, residual)
+            hidden = F.linear(ops.silu_and_mul(F.linear(x, layer.gate_up, layer.gate_up_bias)), layer.down, layer.down_bias)
+        hidden = hidden.index_select(0, logits_indices)
+        residual = residual.index_select(0, logits_indices)
+        x, _ = ops.rms_norm(hidden, self.norm, spec.rms_norm_eps, residual)
+        return F.linear(x, self.lm_head).float()

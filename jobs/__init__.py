@@ -1,0 +1,1 @@
+"""The batch service: formats, storage, queues, worker, accounting, triggers, CLI."""

@@ -1,0 +1,103 @@
+"""Pure-torch implementations of the engine's hot-path operations.
+
+They are the CPU path and the oracle every Triton kernel is tested against.
+Shapes: tokens are packed along dim 0 (T tokens); caches are
+[num_blocks, block_size, num_kv_heads, head_dim].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.metadata import AttentionMetadata
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm over the last dim; with ``residual``, normalizes x + residual and also returns that sum."""
+    if residual is not None:
+        x = x + residual
+        residual = x
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    out = weight * h.to(dtype)
+    return out if residual is None else (out, residual)
+
+
+def rotary_embedding(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style rotary embedding. cos_sin_cache is [max_pos, head_dim] fp32: cos halves then sin halves."""
+    cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
+    cos = torch.cat((cos, cos), dim=-1).to(q.dtype).unsqueeze(1)
+    sin = torch.cat((sin, sin), dim=-1).to(q.dtype).unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x is [T, 2 * I] with the gate first; returns silu(gate) * up, [T, I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def write_kv(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store each token's key/value [T, Hkv, D] at its flat slot in the paged caches."""
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+
+
+def paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Causal attention of packed queries [T, H, D] over each sequence's paged context."""
+    out = torch.empty_like(q)
+    block_size = k_cache.shape[1]
+    offsets = _prefix_sums(meta.query_lens_cpu)
+    decodes = [i for i, n in enumerate(meta.query_lens_cpu) if n == 1]
+    if decodes:
+        rows = torch.tensor([offsets[i] for i in decodes], device=q.device)
+        ctx = torch.tensor([meta.context_lens_cpu[i] for i in decodes], device=q.device)
+        num_blocks = (max(meta.context_lens_cpu[i] for i in decodes) + block_size - 1) // block_size
+        tables = meta.block_tables[rows.new_tensor(decodes), :num_blocks]
+        k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # [B, Hkv, L, D]
+        v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+        mask = torch.arange(k.shape[2], device=q.device)[None, :] < ctx[:, None]
+        o = F.scaled_dot_product_attention(
+            q[rows].unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+        )
+        out[rows] = o.squeeze(2)
+    for i, q_len in enumerate(meta.query_lens_cpu):
+        if q_len == 1:
+            continue
+        ctx_len = meta.context_lens_cpu[i]
+        start = offsets[i]
+        num_blocks = (ctx_len + block_size - 1) // block_size
+        table = meta.block_tables[i, :num_blocks]
+        k = k_cache[table].flatten(0, 1)[:ctx_len].transpose(0, 1)  # [Hkv, L, D]
+        v = v_cache[table].flatten(0, 1)[:ctx_len].transpose(0, 1)
+        qi = q[start : start + q_len].transpose(0, 1)  # [H, Q, D]
+        if ctx_len == q_len:
+            o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            pos_q = torch.arange(ctx_len - q_len, ctx_len, device=q.device)
+            mask = torch.arange(ctx_len, device=q.device)[None, :] <= pos_q[:, None]
+            o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[start : start + q_len] = o.transpose(0, 1)
+    return out
+
+
+def _prefix_sums(lengths: list[int]) -> list[int]:
+    sums, total = [], 0
+    for n in lengths:
+        sums.append(total)
+        total += n
+    return sums
