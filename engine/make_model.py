@@ -153,7 +153,7 @@ def sizes_for(preset: str) -> dict[str, int]:
         "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2),
         "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, vocab_size=2048),
         # ~28M parameters, the engine benchmark's Llama shape
-        "bench": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536, vocab_size=4096),
+        "bench": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408, vocab_size=4096),
     }
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")

@@ -60,39 +60,70 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of packed queries [T, H, D] over each sequence's paged context."""
     out = torch.empty_like(q)
-    block_size = k_cache.shape[1]
-    offsets = _prefix_sums(meta.query_lens_cpu)
-    decodes = [i for i, n in enumerate(meta.query_lens_cpu) if n == 1]
-    if decodes:
-        rows = torch.tensor([offsets[i] for i in decodes], device=q.device)
-        ctx = torch.tensor([meta.context_lens_cpu[i] for i in decodes], device=q.device)
-        num_blocks = (max(meta.context_lens_cpu[i] for i in decodes) + block_size - 1) // block_size
-        tables = meta.block_tables[rows.new_tensor(decodes), :num_blocks]
+    plan = _plan(meta, k_cache.shape[1], q.device)
+    for rows, tables, mask in plan.decode_groups:
         k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # [B, Hkv, L, D]
         v = v_cache[tables].flatten(1, 2).transpose(1, 2)
-        mask = torch.arange(k.shape[2], device=q.device)[None, :] < ctx[:, None]
-        o = F.scaled_dot_product_attention(
-            q[rows].unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
-        )
+        o = F.scaled_dot_product_attention(q[rows].unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         out[rows] = o.squeeze(2)
-    for i, q_len in enumerate(meta.query_lens_cpu):
-        if q_len == 1:
-            continue
-        ctx_len = meta.context_lens_cpu[i]
-        start = offsets[i]
-        num_blocks = (ctx_len + block_size - 1) // block_size
-        table = meta.block_tables[i, :num_blocks]
+    for start, q_len, ctx_len, table, mask in plan.prefills:
         k = k_cache[table].flatten(0, 1)[:ctx_len].transpose(0, 1)  # [Hkv, L, D]
         v = v_cache[table].flatten(0, 1)[:ctx_len].transpose(0, 1)
         qi = q[start : start + q_len].transpose(0, 1)  # [H, Q, D]
-        if ctx_len == q_len:
-            o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        else:
-            pos_q = torch.arange(ctx_len - q_len, ctx_len, device=q.device)
-            mask = torch.arange(ctx_len, device=q.device)[None, :] <= pos_q[:, None]
-            o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True)
         out[start : start + q_len] = o.transpose(0, 1)
     return out
+
+
+class _Plan:
+    """How the reference splits a batch: decodes in a few padded groups of similar length, prefills one by one.
+
+    Built once per batch and reused by every layer.
+    """
+
+    def __init__(self, meta: AttentionMetadata, block_size: int, device: torch.device) -> None:
+        offsets = _prefix_sums(meta.query_lens_cpu)
+        ctx = meta.context_lens_cpu
+        decodes = sorted((i for i, n in enumerate(meta.query_lens_cpu) if n == 1), key=lambda i: ctx[i])
+        self.decode_groups = []
+        for group in _similar_length_groups(decodes, ctx):
+            length = ctx[group[-1]]
+            num_blocks = -(-length // block_size)
+            index = torch.tensor(group, device=device)
+            lens = torch.tensor([ctx[i] for i in group], device=device)
+            mask = torch.arange(num_blocks * block_size, device=device)[None, :] < lens[:, None]
+            rows = torch.tensor([offsets[i] for i in group], device=device)
+            self.decode_groups.append((rows, meta.block_tables[index, :num_blocks], mask[:, None, None, :]))
+        self.prefills = []
+        for i, q_len in enumerate(meta.query_lens_cpu):
+            if q_len == 1:
+                continue
+            ctx_len = ctx[i]
+            table = meta.block_tables[i, : -(-ctx_len // block_size)]
+            mask = None
+            if ctx_len != q_len:
+                pos_q = torch.arange(ctx_len - q_len, ctx_len, device=device)
+                mask = torch.arange(ctx_len, device=device)[None, :] <= pos_q[:, None]
+            self.prefills.append((offsets[i], q_len, ctx_len, table, mask))
+
+
+def _similar_length_groups(order: list[int], lengths: list[int], waste: float = 0.25) -> list[list[int]]:
+    """Split indices sorted by length so padding each group to its longest wastes at most ``waste`` of it."""
+    groups: list[list[int]] = []
+    for i in reversed(order):
+        if groups and lengths[i] >= (1 - waste) * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [g[::-1] for g in groups]
+
+
+def _plan(meta: AttentionMetadata, block_size: int, device: torch.device) -> _Plan:
+    plan = getattr(meta, "_reference_plan", None)
+    if plan is None:
+        plan = _Plan(meta, block_size, device)
+        object.__setattr__(meta, "_reference_plan", plan)
+    return plan
 
 
 def _prefix_sums(lengths: list[int]) -> list[int]:

@@ -1,0 +1,165 @@
+"""Engine throughput side by side with transformers, one process, one workload.
+
+    python scripts/bench_engine.py                 # CPU, 2 threads, the issue's workload
+    python scripts/bench_engine.py --device cuda   # on a GPU (bf16 by default there)
+
+Systems: pagebatch (LLM.generate), transformers `generate` in padded static batches of 16, and
+transformers' continuous batching manager (`generate_batch`'s engine, per-request max_new_tokens).
+Throughput counts only the output tokens each request asked for. Ratios are from this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import LLM, SamplingParams  # noqa: E402
+from engine.make_model import make_checkpoint, sizes_for  # noqa: E402
+
+
+def workload(num_prompts: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(10, vocab) for _ in range(rng.randint(32, 384))] for _ in range(num_prompts)]
+    outputs = [rng.randint(16, 160) for _ in range(num_prompts)]
+    return prompts, outputs
+
+
+def matmul_peak_flops(device: str, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        _sync(device)
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_pagebatch(path: str, prompts, outputs, device: str, dtype: str) -> tuple[float, object]:
+    llm = LLM(path, dtype=dtype, device=device, max_num_seqs=256, max_num_batched_tokens=2048)
+    llm.generate(prompts[:4], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
+    llm.engine.blocks.reset_prefix_cache()
+    base_steps = llm.engine.stats().num_steps
+    base_util = llm.engine.stats().kv_slot_utilization * base_steps
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in outputs]
+    _sync(device)
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    _sync(device)
+    elapsed = time.perf_counter() - t
+    assert [len(o.token_ids) for o in outs] == outputs
+    stats = llm.engine.stats()
+    steps = stats.num_steps - base_steps
+    utilization = (stats.kv_slot_utilization * stats.num_steps - base_util) / steps
+    return elapsed, utilization
+
+
+def _hf_model(path: str, device: str, dtype: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+
+
+def run_static(path: str, prompts, outputs, device: str, dtype: str, batch: int = 16) -> float:
+    model = _hf_model(path, device, dtype)
+    pad = model.config.pad_token_id
+
+    def go(ps, outs):
+        width = max(len(p) for p in ps)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in ps], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=device)
+        n = max(outs)
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
+
+    with torch.inference_mode():
+        go(prompts[:2], [4, 4])
+        _sync(device)
+        t = time.perf_counter()
+        for i in range(0, len(prompts), batch):
+            go(prompts[i : i + batch], outputs[i : i + batch])
+        _sync(device)
+    return time.perf_counter() - t
+
+
+def run_continuous(path: str, prompts, outputs, device: str, dtype: str) -> float:
+    from transformers import GenerationConfig
+
+    model = _hf_model(path, device, dtype)
+    config = GenerationConfig(max_new_tokens=max(outputs), do_sample=False, eos_token_id=-1, pad_token_id=model.config.pad_token_id)
+    with torch.inference_mode(), model.continuous_batching_context_manager(generation_config=config, block=True, timeout=30) as manager:
+        _sync(device)
+        t = time.perf_counter()
+        for i, (p, n) in enumerate(zip(prompts, outputs)):
+            manager.add_request(p, request_id=f"r{i}", max_new_tokens=n, eos_token_id=-1)
+        done = 0
+        while done < len(prompts):
+            result = manager.get_result(timeout=600)
+            if result is not None and result.is_finished():
+                done += 1
+        _sync(device)
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--num-prompts", type=int, default=48)
+    ap.add_argument("--model", default=None, help="checkpoint dir (default: a random 28M Llama made here)")
+    ap.add_argument("--skip", default="", help="comma list of systems to skip: static,continuous")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    tmp = tempfile.TemporaryDirectory()
+    path = args.model or str(make_checkpoint(Path(tmp.name) / "bench-llama", "llama", **sizes_for("bench")))
+    vocab = 4096
+    prompts, outputs = workload(args.num_prompts, vocab, args.seed)
+    useful = sum(outputs)
+    n_params = sum(p.numel() for p in _hf_model(path, "cpu", "float32").parameters())
+    print(f"model: {n_params / 1e6:.1f}M params, {args.num_prompts} prompts ({sum(map(len, prompts))} prompt tokens), "
+          f"{useful} output tokens, device={args.device}, dtype={dtype}, threads={args.threads}")
+
+    results = {}
+    elapsed, utilization = run_pagebatch(path, prompts, outputs, args.device, dtype)
+    results["pagebatch"] = elapsed
+    skip = set(filter(None, args.skip.split(",")))
+    if "static" not in skip:
+        results["transformers generate (static, batch 16)"] = run_static(path, prompts, outputs, args.device, dtype)
+    if "continuous" not in skip:
+        results["transformers generate_batch (continuous)"] = run_continuous(path, prompts, outputs, args.device, dtype)
+
+    for name, seconds in results.items():
+        print(f"{name:45s} {useful / seconds:10.1f} output tok/s")
+    for name, seconds in results.items():
+        if name != "pagebatch":
+            print(f"pagebatch / {name:33s} {seconds / results['pagebatch']:6.2f}x")
+    peak = matmul_peak_flops(args.device, getattr(torch, dtype))
+    tokens = sum(map(len, prompts)) + useful
+    achieved = 2 * n_params * tokens / results["pagebatch"]
+    print(f"matmul peak measured: {peak / 1e9:.1f} GFLOP/s; pagebatch achieved {achieved / 1e9:.1f} GFLOP/s "
+          f"(2 x params x tokens) = {100 * achieved / peak:.1f}% of peak")
+    print(f"KV-cache utilization (live tokens / allocated slots, mean over steps): {100 * utilization:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
