@@ -46,8 +46,11 @@ class LLMEngine:
         self.num_blocks = self._num_blocks()
         self.blocks = BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        kv = allocate_kv_cache(self.spec, self.num_blocks, config.block_size, self.dtype, self.device)
+        # One block beyond the managed pool: the scratch block padded CUDA-graph rows write to.
+        kv = allocate_kv_cache(self.spec, self.num_blocks + 1, config.block_size, self.dtype, self.device)
         self.runner = ModelRunner(self.model, kv, config.block_size)
+        if config.enable_cuda_graphs and self.device.type == "cuda" and self.model.ops.__name__.endswith("triton_ops"):
+            self.runner.use_decode_graphs(config.max_num_seqs, self.max_model_len, scratch_block=self.num_blocks)
         self.prompts = PromptProcessor(self.tokenizer, self.spec.vocab_size, self.max_model_len)
         self.eos_token_ids = self._eos_ids(hf_config)
         self.requests: dict[str, Request] = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.cuda_graphs import DecodeGraphs
 from engine.models import DecoderModel, ModelSpec
 from engine.request import Request
 from engine.scheduler import ScheduledBatch
@@ -27,6 +28,10 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = model.device
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def use_decode_graphs(self, max_num_seqs: int, max_model_len: int, scratch_block: int, capture: bool = True) -> None:
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_num_seqs, max_model_len, scratch_block, capture)
 
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request]]:
         """Run one step; returns logits for the requests that complete a token this step, and those requests."""
@@ -50,6 +55,10 @@ class ModelRunner:
             if end == req.num_tokens:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(req)
+        graphs = self.decode_graphs
+        if graphs is not None and len(sampled) == len(query_lens) == len(input_ids) and graphs.padded_size(len(input_ids)):
+            tables = [r.block_table for r in batch.requests]
+            return graphs.run(input_ids, positions, slots, tables, context_lens), sampled
         max_blocks = max(len(r.block_table) for r in batch.requests)
         tables = [r.block_table + [0] * (max_blocks - len(r.block_table)) for r in batch.requests]
         cu = [0]

@@ -34,8 +34,8 @@ def _triton_ops() -> ModuleType | None:
 def backend_for(device_type: str) -> ModuleType:
     """The module of ops (same function names as ``kernels.reference``) to use on this device."""
     choice = requested_backend()
-    if choice == "torch":
-        return reference
+    if choice == "torch" or (choice == "auto" and device_type != "cuda"):
+        return reference  # without importing Triton: its import fixes TRITON_INTERPRET for the process
     triton = _triton_ops()
     if choice == "triton":
         if triton is None:

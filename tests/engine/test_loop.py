@@ -73,3 +73,19 @@ def test_close_aborts_what_is_left(checkpoint_dir):
     assert fut.result(timeout=10).finish_reason in ("abort", "length")
     with pytest.raises(RuntimeError, match="closed"):
         loop.submit("y")
+
+
+def test_padded_decode_path_matches_unpadded(checkpoint_dir):
+    """The CUDA-graph decode path's padding (scratch block, ladder sizes) run eagerly on CPU."""
+    from engine import LLM
+
+    prompts = [f"line {i} " * (1 + i) for i in range(11)]  # 11 sequences pad up to 16
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    plain = LLM(checkpoint_dir("llama"), dtype="float32", device="cpu").generate(prompts, params)
+    padded = LLM(checkpoint_dir("llama"), dtype="float32", device="cpu", max_num_seqs=16)
+    engine = padded.engine
+    engine.runner.use_decode_graphs(16, engine.max_model_len, scratch_block=engine.num_blocks, capture=False)
+    assert [o.token_ids for o in padded.generate(prompts, params)] == [o.token_ids for o in plain]
+    graphs = engine.runner.decode_graphs
+    assert graphs.context_lens[:11].min() > 1, "decode steps must have gone through the padded path"
+    assert graphs.context_lens[11:16].tolist() == [1] * 5
