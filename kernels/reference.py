@@ -62,16 +62,18 @@ def paged_attention(
     out = torch.empty_like(q)
     plan = _plan(meta, k_cache.shape[1], q.device)
     for rows, tables, mask in plan.decode_groups:
-        k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # [B, Hkv, L, D]
-        v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+        shape = (tables.shape[0], -1, *k_cache.shape[2:])
+        k = k_cache.index_select(0, tables.flatten()).view(shape).transpose(1, 2)  # [B, Hkv, L, D]
+        v = v_cache.index_select(0, tables.flatten()).view(shape).transpose(1, 2)
         o = F.scaled_dot_product_attention(q[rows].unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         out[rows] = o.squeeze(2)
     for start, q_len, ctx_len, table, mask in plan.prefills:
-        k = k_cache[table].flatten(0, 1)[:ctx_len].transpose(0, 1)  # [Hkv, L, D]
-        v = v_cache[table].flatten(0, 1)[:ctx_len].transpose(0, 1)
-        qi = q[start : start + q_len].transpose(0, 1)  # [H, Q, D]
+        # 4-D inputs: torch's CPU flash kernel takes them; 3-D ones fall back to the slow math path.
+        k = k_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
+        v = v_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]
+        qi = q[start : start + q_len].transpose(0, 1)[None]  # [1, H, Q, D]
         o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True)
-        out[start : start + q_len] = o.transpose(0, 1)
+        out[start : start + q_len] = o[0].transpose(0, 1)
     return out
 
 

@@ -118,6 +118,41 @@ def run_continuous(path: str, prompts, outputs, device: str, dtype: str) -> floa
         return time.perf_counter() - t
 
 
+def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
+    """Batch-1 decode of a ~0.5B random model: bytes a step must read (weights + live KV) over its time,
+    against the device's measured copy bandwidth."""
+    tmp = tempfile.TemporaryDirectory()
+    sizes = dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864, vocab_size=151936)
+    if preset != "0.5b":
+        sizes = sizes_for(preset)
+    path = make_checkpoint(Path(tmp.name) / "m", "qwen2", tie_word_embeddings=True, dtype=dtype, **sizes)
+    llm = LLM(str(path), dtype=dtype, device=device, max_num_seqs=8)
+    prompt = list(range(10, 138))
+    llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    llm.generate([prompt], SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True))
+    _sync(device)
+    per_step = (time.perf_counter() - t) / steps
+    spec, elem = llm.engine.spec, torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    weights = sum(t.numel() for layer in llm.engine.model.layers for t in vars(layer).values() if t is not None)
+    model = llm.engine.model
+    head = 0 if model.lm_head is model.embed else model.lm_head.numel()
+    weights = (weights + model.embed.numel() + model.norm.numel() + head) * elem
+    kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * elem * (len(prompt) + steps / 2)
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    _sync(device)
+    copy_bw = 2 * 10 * x.numel() / (time.perf_counter() - t)
+    achieved = (weights + kv) / per_step
+    print(f"decode batch 1: {per_step * 1e3:.2f} ms/step, {(weights + kv) / 1e9:.2f} GB read per step, "
+          f"{achieved / 1e9:.0f} GB/s = {100 * achieved / copy_bw:.0f}% of measured copy bandwidth ({copy_bw / 1e9:.0f} GB/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -127,9 +162,14 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint dir (default: a random 28M Llama made here)")
     ap.add_argument("--skip", default="", help="comma list of systems to skip: static,continuous")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-bandwidth", action="store_true", help="batch-1 decode bandwidth of a ~0.5B model instead")
+    ap.add_argument("--bandwidth-preset", default="0.5b", help="0.5b, or a make_model preset for a quick CPU run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.decode_bandwidth:
+        decode_bandwidth(args.device, dtype, steps=128, preset=args.bandwidth_preset)
+        return
     tmp = tempfile.TemporaryDirectory()
     path = args.model or str(make_checkpoint(Path(tmp.name) / "bench-llama", "llama", **sizes_for("bench")))
     vocab = 4096

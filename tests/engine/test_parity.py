@@ -1,4 +1,6 @@
 """Greedy output equals transformers' generate token for token, whatever the engine's configuration."""
+import warnings
+
 import pytest
 import torch
 
@@ -35,7 +37,7 @@ def test_greedy_matches_transformers(references, variant, config):
     llm = LLM(path, dtype="float32", device="cpu", **CONFIGS[config])
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_NEW))
     for note in compare_greedy(outs, refs):
-        print("tolerated:", note)
+        warnings.warn(f"tolerated divergence at a near-tie: {note}", stacklevel=1)
     if config == "preemption":
         assert llm.engine.scheduler.num_preemptions > 0, "the small pool was meant to force preemption"
     if config == "chunked-prefill":

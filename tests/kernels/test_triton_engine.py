@@ -1,6 +1,7 @@
 """The engine end to end with PAGEBATCH_KERNELS=triton against PAGEBATCH_KERNELS=torch (greedy tokens equal)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,6 @@ def test_engine_with_triton_matches_transformers(tmp_path_factory, monkeypatch: 
     assert llm.engine.model.ops is triton_ops
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6))
     for note in compare_greedy(outs, refs):
-        print("tolerated:", note)
+        warnings.warn(f"tolerated divergence at a near-tie: {note}", stacklevel=1)
     if "num_kv_blocks" in options:
         assert llm.engine.scheduler.num_preemptions > 0
