@@ -16,6 +16,75 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options(args: argparse.Namespace):
+    from jobs.worker import EngineOptions
+
+    return EngineOptions(dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
+                         max_num_batched_tokens=args.max_num_batched_tokens, num_kv_blocks=args.num_kv_blocks,
+                         enable_prefix_caching=not args.no_prefix_caching)
+
+
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--served-model-name", default=None, help="the model name requests use (default: the checkpoint directory's name)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--num-kv-blocks", type=int, default=None)
+    parser.add_argument("--no-prefix-caching", action="store_true")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jobs.demo import ensure_demo_model, write_demo_input
+    from jobs.local_run import run_local
+    from jobs.settings import get_settings
+    from jobs.worker import served_name
+
+    settings = get_settings()
+    model = args.model or str(ensure_demo_model(settings.cache_dir))
+    out = Path(args.out)
+    if args.input:
+        input_path = Path(args.input)
+        if not input_path.is_file():
+            print(f"pagebatch run: no such input file: {input_path}", file=sys.stderr)
+            return 2
+    else:
+        input_path = write_demo_input(out / "demo-input.jsonl", served_name(model, args.served_model_name))
+        print(f"no input given: wrote a demo batch of 200 requests to {input_path}")
+    report = run_local(settings, input_path, model, out, name=args.served_model_name, endpoint=args.endpoint,
+                       options=_engine_options(args), show_progress=not args.no_progress)
+    batch = report.batch
+    if batch.status == "failed":
+        for error in batch.errors.data if batch.errors else []:
+            print(f"batch failed: {error.code}: {error.message}", file=sys.stderr)
+        return 1
+    counts, seconds = batch.request_counts, max(report.run_seconds, 1e-9)
+    print(f"{counts.total} requests: {counts.completed} completed, {counts.failed} failed; "
+          f"{report.generated_tokens} tokens generated in {report.run_seconds:.2f}s "
+          f"({counts.total / seconds:.1f} req/s, {report.generated_tokens / seconds:.1f} tok/s; "
+          f"model loaded in {report.load_seconds:.2f}s)")
+    print(f"results: {out}/output.jsonl, errors.jsonl, usage.jsonl, batch.json")
+    return 0 if batch.status == "completed" else 130
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    # By import string: nothing under jobs/ imports api/.
+    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from jobs.settings import get_settings
+    from jobs.worker import run_worker
+
+    return run_worker(get_settings(), args.model, args.served_model_name, args.concurrency, _engine_options(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagebatch", description="Batch inference for large language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--rope-scaling", default=None, choices=["llama3"])
     mk.add_argument("--seed", type=int, default=0)
     mk.set_defaults(func=_cmd_make_model)
+
+    run = sub.add_parser("run", help="run a batch file in this process (no Redis, no S3) and write the results to a directory")
+    run.add_argument("input", nargs="?", help="a JSONL batch file (default: a demo batch)")
+    run.add_argument("--model", default=None, help="checkpoint directory (default: a tiny demo model, made on first use)")
+    run.add_argument("--out", default="out", help="output directory (default: out)")
+    run.add_argument("--endpoint", default=None, choices=["/v1/chat/completions", "/v1/completions"],
+                     help="default: the first line's url")
+    run.add_argument("--no-progress", action="store_true")
+    _add_engine_args(run)
+    run.set_defaults(func=_cmd_run)
+
+    api = sub.add_parser("api", help="serve the OpenAI-compatible Batch API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1)
+    api.add_argument("--log-level", default="warning")
+    api.set_defaults(func=_cmd_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker that serves one model on one long-lived engine")
+    worker.add_argument("--model", required=True, help="checkpoint directory")
+    worker.add_argument("--concurrency", type=int, default=4, help="shards worked on at once (default 4)")
+    _add_engine_args(worker)
+    worker.set_defaults(func=_cmd_worker)
     return parser
 
 

@@ -1,0 +1,41 @@
+"""The FastAPI application (OpenAI Batch API under /v1). Started by `pagebatch api` via uvicorn."""
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from fastapi import FastAPI, Request, Response
+
+from api import batches, files, health
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from jobs.logs import configure_logging
+from jobs.services import Services
+from jobs.settings import Settings, get_settings
+
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = FastAPI(title="pagebatch", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.services = Services.from_settings(settings)
+    install_error_handlers(app)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id[:64])
+        response = await call_next(request)
+        response.headers["x-request-id"] = request_id[:64]
+        route = request.scope.get("route")
+        health.REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), response.status_code).inc()
+        return response
+
+    return app

@@ -1,0 +1,77 @@
+"""/v1/files: upload, list, retrieve, download and delete files (tenant-scoped)."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import StreamingResponse
+
+from api.deps import services, tenant
+from api.errors import APIError, not_found
+from jobs.services import Services
+from jobs.storage import NotFound
+
+router = APIRouter(prefix="/v1/files")
+Svc = Annotated[Services, Depends(services)]
+Tenant = Annotated[str, Depends(tenant)]
+
+
+@router.post("")
+def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+           ) -> dict[str, Any]:
+    if purpose != "batch":
+        raise APIError(400, "purpose must be batch", param="purpose")
+    size = file.size if file.size is not None else _measure(file)
+    if size > svc.settings.max_upload_bytes:
+        raise APIError(413, f"file larger than {svc.settings.max_upload_bytes} bytes", code="file_too_large")
+    file.file.seek(0)
+    record = svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size)
+    return record.public()
+
+
+def _measure(file: UploadFile) -> int:
+    file.file.seek(0, 2)
+    return file.file.tell()
+
+
+@router.get("")
+def list_files(svc: Svc, owner: Tenant, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+               after: str | None = None, purpose: str | None = None) -> dict[str, Any]:
+    records, has_more = svc.files.list(owner, after=after, limit=limit, purpose=purpose)
+    data = [r.public() for r in records]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/{file_id}")
+def retrieve(svc: Svc, owner: Tenant, file_id: str) -> dict[str, Any]:
+    record = svc.files.get(owner, file_id)
+    if record is None:
+        raise not_found("File", file_id)
+    return record.public()
+
+
+@router.get("/{file_id}/content")
+def content(svc: Svc, owner: Tenant, file_id: str) -> StreamingResponse:
+    record = svc.files.get(owner, file_id)
+    if record is None:
+        raise not_found("File", file_id)
+    try:
+        chunks = svc.files.content(owner, file_id)
+        first = next(chunks, b"")
+    except NotFound:
+        raise not_found("File", file_id) from None
+
+    def body():
+        yield first
+        yield from chunks
+
+    return StreamingResponse(body(), media_type="application/octet-stream",
+                             headers={"Content-Length": str(record.bytes)})
+
+
+@router.delete("/{file_id}")
+def delete(svc: Svc, owner: Tenant, file_id: str) -> dict[str, Any]:
+    if not svc.files.delete(owner, file_id):
+        raise not_found("File", file_id)
+    return {"id": file_id, "object": "file", "deleted": True}

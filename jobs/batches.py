@@ -1,0 +1,101 @@
+"""Creating, cancelling and listing batches: what the API's batch routes call."""
+from __future__ import annotations
+
+import re
+import time
+
+from jobs import layout
+from jobs.ids import is_valid_id, new_batch_id
+from jobs.logs import get_logger
+from jobs.schema import ENDPOINTS, TERMINAL_STATUSES, BatchRecord
+from jobs.services import Services
+
+log = get_logger(__name__)
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+
+
+class BatchRequestError(ValueError):
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+def window_seconds(window: str, max_s: int) -> int:
+    """OpenAI accepts "24h"; any "<n>s|m|h" up to the configured maximum works here."""
+    match = _WINDOW.match(window or "")
+    if not match:
+        raise BatchRequestError("completion_window must look like 24h", "completion_window")
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > max_s:
+        raise BatchRequestError(f"completion_window may be at most {max_s} seconds", "completion_window")
+    return seconds
+
+
+def check_metadata(metadata: dict[str, str] | None) -> None:
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise BatchRequestError("metadata may have at most 16 keys", "metadata")
+    for key, value in metadata.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
+            raise BatchRequestError("metadata keys are at most 64 and values at most 512 characters", "metadata")
+
+
+def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: str, completion_window: str,
+                 metadata: dict[str, str] | None) -> BatchRecord:
+    if endpoint not in ENDPOINTS:
+        raise BatchRequestError(f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
+    window = window_seconds(completion_window, svc.settings.max_completion_window_s)
+    check_metadata(metadata)
+    file = svc.files.get(tenant, input_file_id)
+    if file is None:
+        raise BatchRequestError(f"No such File object: {input_file_id}", "input_file_id", 404)
+    if file.purpose != "batch":
+        raise BatchRequestError("the input file's purpose must be batch", "input_file_id")
+    now = int(time.time())
+    record = BatchRecord(id=new_batch_id(), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
+                         completion_window=completion_window, created_at=now, expires_at=now + window,
+                         metadata=metadata)
+    svc.state.create(record)
+    svc.dispatch.prepare(record.id, tenant)
+    log.info("batch created", batch_id=record.id, tenant=tenant, input_file_id=input_file_id, endpoint=endpoint)
+    return record
+
+
+def get_batch(svc: Services, tenant: str, batch_id: str) -> BatchRecord | None:
+    if not is_valid_id(batch_id, "batch_"):
+        return None
+    return svc.state.get(tenant, batch_id)
+
+
+def cancel_batch(svc: Services, tenant: str, batch_id: str) -> BatchRecord | None:
+    """Mark the batch cancelling; running shards see it and abort their requests in the engine."""
+    record = get_batch(svc, tenant, batch_id)
+    if record is None:
+        return None
+    if record.status in TERMINAL_STATUSES or record.status == "finalizing":
+        raise BatchRequestError(f"Cannot cancel a batch with status {record.status}", None, 409)
+
+    def request_cancel(r: BatchRecord) -> None:
+        r.cancel_requested = True
+
+    changed, live = svc.state.transition(batch_id, {"validating", "in_progress"}, "cancelling", request_cancel)
+    if live is None:
+        raise BatchRequestError("the batch is being restored after a state-store restart; retry shortly", None, 503)
+    if changed:
+        log.info("batch cancel requested", batch_id=batch_id, tenant=tenant)
+    return get_batch(svc, tenant, batch_id)
+
+
+def list_batches(svc: Services, tenant: str, *, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
+    prefix = layout.batches_prefix(tenant)
+    start = layout.batch_json(tenant, after) if after and is_valid_id(after, "batch_") else None
+    keys = svc.storage.list(prefix, start_after=start, limit=limit + 1)
+    records = []
+    for key in keys[:limit]:
+        batch_id = key.removeprefix(prefix).removesuffix(".json")
+        record = svc.state.get(tenant, batch_id)
+        if record is not None:
+            records.append(record)
+    return records, len(keys) > limit

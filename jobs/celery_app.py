@@ -1,0 +1,69 @@
+"""The Celery application and the one place tasks are sent from.
+
+JSON only, late acks, one queue per model; running tasks renew their broker lease (see lease.py),
+so the visibility timeout bounds how fast a dead worker's tasks come back, not how long a task may run.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from jobs.settings import Settings
+
+CONTROL_QUEUE = "pagebatch.control"
+PREPARE_TASK = "pagebatch.prepare"
+SHARD_TASK = "pagebatch.run_shard"
+FINALIZE_TASK = "pagebatch.finalize"
+UNACKED_INDEX_KEY = "unacked_index"
+
+
+def model_queue(model: str) -> str:
+    return f"model.{model}"
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("pagebatch", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=True,
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_index_key": UNACKED_INDEX_KEY,
+            # Look for expired unacked messages every few seconds instead of kombu's ~100 s default.
+            "unacked_restore_interval": settings.unacked_restore_interval,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+        },
+    )
+    return app
+
+
+class Dispatcher:
+    """Sends the pipeline's tasks by name, so senders (the API) need not import the task code."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def prepare(self, batch_id: str, tenant: str) -> None:
+        self.app.send_task(PREPARE_TASK, args=[batch_id, tenant], queue=CONTROL_QUEUE)
+
+    def shard(self, batch_id: str, tenant: str, shard: int, model: str) -> None:
+        self.app.send_task(SHARD_TASK, args=[batch_id, tenant, shard], queue=model_queue(model))
+
+    def finalize(self, batch_id: str, tenant: str) -> None:
+        self.app.send_task(FINALIZE_TASK, args=[batch_id, tenant], queue=CONTROL_QUEUE)

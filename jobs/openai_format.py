@@ -1,0 +1,225 @@
+"""OpenAI request bodies -> engine prompts and sampling parameters; engine outputs -> OpenAI response bodies.
+
+Used by the service's workers and by ``pagebatch run`` alike.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.sampling import SamplingParams
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+_CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Accepted and ignored: they change nothing about the generated text.
+_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"}
+_COMMON = {"temperature", "top_p", "seed", "stop", "n", "stream", "max_tokens", "presence_penalty",
+           "frequency_penalty", "top_k", "ignore_eos"}
+_CHAT_ONLY = {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format"}
+_COMPLETION_ONLY = {"prompt", "logprobs", "echo", "best_of", "suffix"}
+
+
+class LineError(Exception):
+    """A request that cannot run, reported back in OpenAI's error shape."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+@dataclass
+class EngineRequest:
+    prompt: str | list[int] | list[dict[str, str]]
+    params: SamplingParams
+
+
+def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> EngineRequest:
+    allowed = _IGNORED | _COMMON | (_CHAT_ONLY if endpoint == CHAT else _COMPLETION_ONLY)
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
+    _require(body.get("n", 1) == 1, "only n=1 is supported in batches", "n")
+    _require(body.get("stream", False) in (False, None), "stream is not supported in batches", "stream")
+    for name in ("presence_penalty", "frequency_penalty"):
+        _require(body.get(name, 0) in (0, 0.0, None), f"{name} is not supported by this server", name)
+
+    if endpoint == CHAT:
+        prompt: Any = _chat_messages(body.get("messages"))
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        _require(body.get("response_format") in (None, {"type": "text"}), "only text responses are supported",
+                 "response_format")
+        logprobs = None
+        if body.get("logprobs"):
+            _require(body["logprobs"] is True, "logprobs must be a boolean", "logprobs")
+            logprobs = body.get("top_logprobs") or 0
+        else:
+            _require(body.get("top_logprobs") is None, "top_logprobs requires logprobs to be true", "top_logprobs")
+        if max_tokens is None:
+            max_tokens = default_max_tokens
+    else:
+        prompt = _completion_prompt(body.get("prompt"))
+        _require(not body.get("echo"), "echo is not supported", "echo")
+        _require(body.get("best_of", 1) in (1, None), "only best_of=1 is supported", "best_of")
+        _require(body.get("suffix") is None, "suffix is not supported", "suffix")
+        logprobs = body.get("logprobs")
+        _require(logprobs is None or (_is_int(logprobs) and 0 <= logprobs <= 5), "logprobs must be an integer in [0, 5]",
+                 "logprobs")
+        max_tokens = body.get("max_tokens", 16)
+
+    stop = body.get("stop") or []
+    params = SamplingParams(
+        temperature=_number(body, "temperature", 1.0),
+        top_p=_number(body, "top_p", 1.0),
+        top_k=body.get("top_k", 0) if body.get("top_k") is not None else 0,
+        seed=body.get("seed"),
+        max_tokens=max_tokens,
+        stop=[stop] if isinstance(stop, str) else stop,
+        ignore_eos=bool(body.get("ignore_eos", False)),
+        logprobs=logprobs,
+    )
+    try:
+        params.validate()
+    except ValueError as e:
+        raise LineError(str(e), "invalid_parameter", _param_named_in(str(e))) from None
+    return EngineRequest(prompt, params)
+
+
+def _require(ok: bool, message: str, param: str) -> None:
+    if not ok:
+        raise LineError(message, "invalid_parameter", param)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> Any:
+    value = body.get(name)
+    return default if value is None else value
+
+
+def _param_named_in(message: str) -> str | None:
+    first = message.split(" ", 1)[0]
+    return first if first.isidentifier() else None
+
+
+def _chat_messages(messages: Any) -> list[dict[str, str]]:
+    if messages is None:
+        raise LineError("messages is required for /v1/chat/completions", "missing_messages", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise LineError("messages must be a non-empty list", "invalid_parameter", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _CHAT_ROLES:
+            raise LineError(f"messages[{i}] needs a role in {sorted(_CHAT_ROLES)}", "invalid_parameter", "messages")
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise LineError(f"messages[{i}].content: only text parts are supported", "invalid_parameter", "messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise LineError(f"messages[{i}].content must be a string", "invalid_parameter", "messages")
+        out.append({"role": _CHAT_ROLES[message["role"]], "content": content})
+    return out
+
+
+def _completion_prompt(prompt: Any) -> str | list[int]:
+    if prompt is None:
+        raise LineError("prompt is required for /v1/completions", "missing_prompt", "prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a one-element batch of prompts is one prompt
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
+        return prompt
+    raise LineError("prompt must be a non-empty string or a list of token ids", "invalid_parameter", "prompt")
+
+
+# --- responses -------------------------------------------------------------------------------------
+
+def stable_id(prefix: str, *parts: object) -> str:
+    """Ids that a re-run of the same request reproduces, so a re-run shard rewrites identical lines."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:24]
+    return f"{prefix}{digest}"
+
+
+def response_body(endpoint: str, model: str, output: Any, response_id: str) -> dict[str, Any]:
+    completion_tokens = len(output.token_ids)
+    usage = {
+        "prompt_tokens": output.num_prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": output.num_prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": output.num_cached_tokens},
+    }
+    created = int(time.time())
+    if endpoint == CHAT:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": output.text, "refusal": None},
+            "logprobs": _chat_logprobs(output.logprobs),
+            "finish_reason": output.finish_reason,
+        }
+        return {"id": f"chatcmpl-{response_id}", "object": "chat.completion", "created": created, "model": model,
+                "choices": [choice], "usage": usage, "system_fingerprint": None}
+    choice = {"index": 0, "text": output.text, "logprobs": _completion_logprobs(output.logprobs),
+              "finish_reason": output.finish_reason}
+    return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
+            "choices": [choice], "usage": usage}
+
+
+def _bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def _chat_logprobs(logprobs: list[Any] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    content = [
+        {
+            "token": lp.token,
+            "logprob": lp.logprob,
+            "bytes": _bytes(lp.token),
+            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": _bytes(t.token)} for t in lp.top],
+        }
+        for lp in logprobs
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(logprobs: list[Any] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    offsets, position = [], 0
+    for lp in logprobs:
+        offsets.append(position)
+        position += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        "text_offset": offsets,
+    }
+
+
+def output_line(line_id: str, custom_id: str, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"id": line_id, "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
+
+
+def request_error_line(line_id: str, custom_id: str | None, request_id: str, error: LineError) -> dict[str, Any]:
+    """A request the server refused (HTTP 400 in the online API)."""
+    body = {"error": {"message": error.message, "type": "invalid_request_error", "param": error.param,
+                      "code": error.code}}
+    return {"id": line_id, "custom_id": custom_id,
+            "response": {"status_code": 400, "request_id": request_id, "body": body}, "error": None}
+
+
+def batch_error_line(line_id: str, custom_id: str | None, code: str, message: str) -> dict[str, Any]:
+    """A request the batch did not run to the end: cancelled, expired, or its shard failed."""
+    return {"id": line_id, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}

@@ -1,0 +1,76 @@
+"""The service's one typed configuration object, read from ``PAGEBATCH_*`` environment variables."""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+_TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAGEBATCH_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # "s3://bucket/prefix" (boto3 reads AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ... itself) or a directory.
+    storage: str = "./pagebatch-data"
+    # "key=tenant,key2=tenant2"
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    shard_size: int = Field(200, ge=1, le=100_000)
+    # Seconds a delivered task may go without a lease renewal before the broker hands it to another
+    # worker. Running tasks renew their lease, so this bounds recovery time, not task duration.
+    visibility_timeout: int = Field(300, ge=3)
+    max_shard_attempts: int = Field(3, ge=1)
+
+    max_upload_bytes: int = Field(200 * MiB, ge=1)
+    max_batch_bytes: int = Field(200 * MiB, ge=1)
+    max_batch_lines: int = Field(50_000, ge=1)
+    max_line_bytes: int = Field(4 * MiB, ge=1)
+    max_completion_window_s: int = Field(7 * 24 * 3600, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
+
+    # How often a running shard looks for cancel / expiry and publishes progress.
+    poll_interval_s: float = Field(0.5, gt=0)
+    # How often the recovery sweeper looks for batches whose Redis state was lost.
+    sweep_interval_s: float = Field(5.0, gt=0)
+    # How long finished batches' live state stays in Redis (the durable batch.json stays forever).
+    state_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
+    # Where `pagebatch run` keeps its demo model and input when none is given.
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "pagebatch")
+
+    log_level: str = "INFO"
+    log_format: str = Field("auto", pattern="^(auto|json|console)$")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key, sep, tenant = item.partition("=")
+            if not sep or not key.strip() or not _TENANT.match(tenant.strip()):
+                raise ValueError("PAGEBATCH_API_KEYS entries look like key=tenant (tenant: letters, digits, - or _)")
+            keys[key.strip()] = tenant.strip()
+        return keys
+
+    @property
+    def unacked_restore_interval(self) -> int:
+        # kombu re-queues expired unacked messages on this period; a fraction of the
+        # visibility timeout keeps a dead worker's shards from waiting much longer than that.
+        return max(1, self.visibility_timeout // 5)
+
+    @property
+    def lease_renew_interval_s(self) -> float:
+        return max(1.0, self.visibility_timeout / 4)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

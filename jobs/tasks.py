@@ -1,0 +1,67 @@
+"""The Celery tasks: thin wrappers that hand each step to its module with the worker's runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task
+
+from jobs.celery_app import FINALIZE_TASK, PREPARE_TASK, SHARD_TASK
+from jobs.finalize import finalize_batch
+from jobs.logs import get_logger
+from jobs.prepare import fail_batch, prepare_batch
+from jobs.services import Services
+from jobs.shard import run_shard
+
+log = get_logger(__name__)
+MAX_PREPARE_RETRIES = 10
+
+
+def _backoff(task: Task) -> int:
+    return min(60, 2 ** task.request.retries)
+
+
+@dataclass
+class WorkerRuntime:
+    """What a worker process holds for its whole life: one engine loop, one model name."""
+
+    services: Services
+    loop: Any  # engine.EngineLoop
+    model_name: str
+    worker_id: str
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
+    svc = runtime.services
+
+    def redelivered(task: Task) -> bool:
+        return bool((task.request.delivery_info or {}).get("redelivered")) or task.request.retries > 0
+
+    # Unexpected errors (storage briefly down, Redis restarting) retry; each shard retry counts as an
+    # attempt, and attempts are bounded, so nothing retries forever.
+    @app.task(name=PREPARE_TASK, bind=True, max_retries=None)
+    def prepare(self: Task, batch_id: str, tenant: str) -> None:
+        try:
+            prepare_batch(svc, batch_id, tenant, runtime.worker_id)
+        except Exception as e:
+            if self.request.retries >= MAX_PREPARE_RETRIES:
+                log.exception("prepare keeps failing; failing the batch", batch_id=batch_id)
+                fail_batch(svc, batch_id, tenant, "internal_error", f"the batch could not be prepared: {e}")
+                return
+            raise self.retry(exc=e, countdown=_backoff(self)) from e
+
+    @app.task(name=SHARD_TASK, bind=True, max_retries=None)
+    def shard(self: Task, batch_id: str, tenant: str, shard: int) -> None:
+        try:
+            run_shard(svc, runtime.loop, batch_id=batch_id, tenant=tenant, shard=shard,
+                      model_name=runtime.model_name, worker=runtime.worker_id, redelivered=redelivered(self))
+        except Exception as e:
+            raise self.retry(exc=e, countdown=_backoff(self)) from e
+
+    # Finalize only merges what is already stored; it retries (with backoff) until storage lets it.
+    @app.task(name=FINALIZE_TASK, bind=True, max_retries=None)
+    def finalize(self: Task, batch_id: str, tenant: str) -> None:
+        try:
+            finalize_batch(svc, batch_id, tenant)
+        except Exception as e:
+            raise self.retry(exc=e, countdown=_backoff(self)) from e

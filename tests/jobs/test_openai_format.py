@@ -1,0 +1,70 @@
+"""Request bodies -> engine requests; engine outputs -> response bodies the openai SDK can parse."""
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+
+from engine import RequestOutput, TokenLogprob, TopLogprob
+from jobs.openai_format import CHAT, COMPLETIONS, LineError, response_body, to_engine_request
+
+
+def test_chat_body_maps_to_sampling_params():
+    body = {"model": "m", "messages": [{"role": "developer", "content": "be brief"},
+                                       {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 3, "stop": "END",
+            "logprobs": True, "top_logprobs": 2, "user": "ignored"}
+    req = to_engine_request(CHAT, body, default_max_tokens=99)
+    assert req.prompt == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    p = req.params
+    assert (p.max_tokens, p.temperature, p.top_p, p.seed, p.stop, p.logprobs) == (7, 0.5, 0.9, 3, ["END"], 2)
+
+
+def test_defaults():
+    chat = to_engine_request(CHAT, {"messages": [{"role": "user", "content": "x"}]}, default_max_tokens=99)
+    assert chat.params.max_tokens == 99 and chat.params.logprobs is None
+    completion = to_engine_request(COMPLETIONS, {"prompt": ["one prompt"]}, default_max_tokens=99)
+    assert completion.prompt == "one prompt" and completion.params.max_tokens == 16
+
+
+@pytest.mark.parametrize(
+    "endpoint, body, param",
+    [
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream"),
+        (CHAT, {"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "temperature": 500}, "temperature"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "top_logprobs"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 1}, "frequency_penalty"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "tools": []}, "tools"),
+        (COMPLETIONS, {"prompt": "x", "logprobs": 9}, "logprobs"),
+        (COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),
+        (COMPLETIONS, {"prompt": ""}, "prompt"),
+    ],
+)
+def test_bad_values_name_the_parameter(endpoint, body, param):
+    with pytest.raises(LineError) as e:
+        to_engine_request(endpoint, body, default_max_tokens=16)
+    assert e.value.param == param
+
+
+def _output(logprobs=None):
+    return RequestOutput(request_id="r", prompt_token_ids=[1, 2, 3], token_ids=[5, 6], text="ok!", finish_reason="stop",
+                         num_prompt_tokens=3, num_cached_tokens=2, logprobs=logprobs)
+
+
+def test_chat_response_parses_as_an_openai_chat_completion():
+    lps = [TokenLogprob(5, "ok", -0.1, [TopLogprob(5, "ok", -0.1), TopLogprob(7, "no", -2.0)]),
+           TokenLogprob(6, "!", -0.2, [TopLogprob(6, "!", -0.2)])]
+    parsed = ChatCompletion.model_validate(response_body(CHAT, "m", _output(lps), "abc"))
+    assert parsed.choices[0].message.content == "ok!"
+    assert parsed.usage.prompt_tokens == 3 and parsed.usage.completion_tokens == 2
+    assert parsed.usage.prompt_tokens_details.cached_tokens == 2
+    assert [t.token for t in parsed.choices[0].logprobs.content] == ["ok", "!"]
+    assert parsed.choices[0].logprobs.content[0].top_logprobs[1].token == "no"
+
+
+def test_completion_response_parses_as_an_openai_completion():
+    lps = [TokenLogprob(5, "ok", -0.1, [TopLogprob(5, "ok", -0.1)]), TokenLogprob(6, "!", -0.2, [])]
+    parsed = Completion.model_validate(response_body(COMPLETIONS, "m", _output(lps), "abc"))
+    assert parsed.choices[0].text == "ok!" and parsed.choices[0].finish_reason == "stop"
+    assert parsed.choices[0].logprobs.text_offset == [0, 2]
+    assert parsed.usage.total_tokens == 5

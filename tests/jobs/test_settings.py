@@ -1,0 +1,30 @@
+import pytest
+from pydantic import ValidationError
+
+from jobs.settings import Settings
+
+
+def test_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("PAGEBATCH_REDIS_URL", "redis://127.0.0.1:7777/3")
+    monkeypatch.setenv("PAGEBATCH_STORAGE", "s3://bucket/prefix")
+    monkeypatch.setenv("PAGEBATCH_API_KEYS", "k1=acme, k2=globex")
+    monkeypatch.setenv("PAGEBATCH_SHARD_SIZE", "50")
+    monkeypatch.setenv("PAGEBATCH_VISIBILITY_TIMEOUT", "10")
+    s = Settings()
+    assert s.redis_url.endswith(":7777/3") and s.storage == "s3://bucket/prefix"
+    assert s.api_keys == {"k1": "acme", "k2": "globex"}
+    assert (s.shard_size, s.visibility_timeout) == (50, 10)
+    assert s.unacked_restore_interval == 2 and s.lease_renew_interval_s == 2.5
+
+
+@pytest.mark.parametrize("keys", ["no-equals-sign", "k=", "k=../escape"])
+def test_rejects_malformed_api_keys(monkeypatch, keys):
+    monkeypatch.setenv("PAGEBATCH_API_KEYS", keys)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_rejects_a_zero_shard_size(monkeypatch):
+    monkeypatch.setenv("PAGEBATCH_SHARD_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -1,0 +1,62 @@
+"""Batch state on a real redis-server: compare-and-set transitions, once-only shard accounting."""
+import threading
+import time
+
+import pytest
+
+from jobs.schema import BatchRecord
+from jobs.state import BatchState, connect
+from jobs.storage import LocalStorage
+
+
+@pytest.fixture
+def state(redis_server, tmp_path):
+    client = connect(redis_server.url)
+    client.flushdb()
+    return BatchState(client, LocalStorage(tmp_path / "data"))
+
+
+def new_record(batch_id="batch_0001", tenant="t1", **kw):
+    return BatchRecord(id=batch_id, tenant=tenant, endpoint="/v1/completions", input_file_id="file-1",
+                       completion_window="24h", created_at=int(time.time()), **kw)
+
+
+def test_only_one_of_many_racing_transitions_wins(state):
+    state.create(new_record(status="in_progress"))
+    wins = []
+
+    def go():
+        changed, _ = state.transition("batch_0001", {"in_progress"}, "finalizing")
+        wins.append(changed)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1
+    durable = state.get_durable("t1", "batch_0001")
+    assert durable.status == "finalizing" and durable.finalizing_at is not None
+
+
+def test_each_shard_counts_once_and_done_shards_keep_their_counts(state):
+    state.create(new_record(num_shards=2))
+    state.set_progress("batch_0001", "0", 3, 0)
+    assert state.mark_done("batch_0001", "0", 5, 1) == 1
+    assert state.mark_done("batch_0001", "0", 5, 1) == 1  # a redelivered shard: not counted again
+    state.set_progress("batch_0001", "0", 1, 0)  # a late progress write cannot roll it back
+    state.set_progress("batch_0001", "1", 2, 0)
+    counts = state.live_counts("batch_0001", total=12)
+    assert (counts.completed, counts.failed) == (7, 1)
+    assert state.mark_done("batch_0001", "1", 6, 0) == 2
+
+
+def test_shard_accounting_for_a_lost_batch_is_refused(state):
+    assert state.mark_done("batch_gone", "0", 1, 0) == -1
+
+
+def test_reads_fall_back_to_the_durable_copy_and_respect_the_tenant(state):
+    state.create(new_record())
+    state.r.flushdb()  # Redis lost everything
+    assert state.get("t1", "batch_0001").id == "batch_0001"
+    assert state.get("someone-else", "batch_0001") is None
