@@ -11,7 +11,7 @@ import torch
 from engine.choices import ChoiceState, ChoiceTrie
 from engine.config import DTYPES, EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.inputs import Prompt, PromptError, PromptProcessor
+from engine.inputs import Prompt, PromptProcessor, RequestRejected
 from engine.kv_cache import BlockManager
 from engine.models import ModelSpec, load_hf_config, load_model, resolve_checkpoint
 from engine.outputs import FinishReason, RequestOutput, TokenLogprob, TopLogprob
@@ -111,9 +111,9 @@ class LLMEngine:
             req = Request(request_id, ids, params)
             self._check_fits(req)
             self._prepare(req)
-        except (PromptError, ValueError) as exc:
+        except ValueError as exc:  # RequestRejected, or SamplingParams.validate's ValueError
             req = Request(request_id, ids if "ids" in locals() else [], params)
-            self._finished.append(self._output(req, "error", str(exc)))
+            self._finished.append(self._output(req, "error", str(exc), getattr(exc, "code", "invalid_request")))
             log.info("request rejected", request_id=request_id, error=str(exc))
             return request_id
         self.requests[request_id] = req
@@ -123,9 +123,10 @@ class LLMEngine:
     def _check_fits(self, req: Request) -> None:
         longest = min(req.num_prompt_tokens + req.params.max_tokens, self.max_model_len)
         if self.blocks.blocks_for(longest) > self.num_blocks:
-            raise ValueError(
+            raise RequestRejected(
                 f"the request needs up to {longest} tokens of KV cache but the whole pool holds "
-                f"{self.num_blocks * self.config.block_size}; lower max_tokens or shorten the prompt"
+                f"{self.num_blocks * self.config.block_size}; lower max_tokens or shorten the prompt",
+                code="request_too_large",
             )
 
     def _prepare(self, req: Request) -> None:
@@ -204,7 +205,7 @@ class LLMEngine:
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
-    def _output(self, req: Request, reason: FinishReason, error: str | None = None) -> RequestOutput:
+    def _output(self, req: Request, reason: FinishReason, error: str | None = None, error_code: str | None = None) -> RequestOutput:
         req.metrics.finished_time = time.time()
         if req.detokenizer is not None:
             text = req.detokenizer.text
@@ -220,6 +221,7 @@ class LLMEngine:
             num_cached_tokens=req.num_cached_tokens or 0,
             logprobs=req.logprobs,
             error=error,
+            error_code=error_code,
             metrics=req.metrics,
         )
 

@@ -6,7 +6,15 @@ from typing import Any, Union
 Prompt = Union[str, list[int], list[dict[str, Any]]]
 
 
-class PromptError(ValueError):
+class RequestRejected(ValueError):
+    """A request the engine will not run; ``code`` is machine-readable, the message says what to do."""
+
+    def __init__(self, message: str, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PromptError(RequestRejected):
     """A request's prompt cannot be served; the message says why."""
 
 
@@ -33,7 +41,8 @@ class PromptProcessor:
         if len(ids) >= self.max_model_len:
             raise PromptError(
                 f"the prompt has {len(ids)} tokens but the model's context is {self.max_model_len} tokens "
-                "and must leave room for at least one generated token; shorten the prompt"
+                "and must leave room for at least one generated token; shorten the prompt",
+                code="context_length_exceeded",
             )
         return ids
 

@@ -108,7 +108,7 @@ class EngineLoop:
             for request_id in list(self.engine.requests):
                 out = self.engine.abort_request(request_id)
                 if out is not None:
-                    out.finish_reason, out.error = "error", f"internal engine error: {exc}"
+                    out.finish_reason, out.error, out.error_code = "error", f"internal engine error: {exc}", "engine_error"
                     outs.append(out)
             return outs
 

@@ -55,6 +55,8 @@ class RequestOutput:
     num_cached_tokens: int  # prompt tokens served from the prefix cache (max over recomputations: first admission)
     logprobs: list[TokenLogprob] | None = None
     error: str | None = None  # set when finish_reason == "error": what was wrong with the request
+    # with error: invalid_request | context_length_exceeded | request_too_large | engine_error
+    error_code: str | None = None
     metrics: RequestMetrics | None = None
 
     @property

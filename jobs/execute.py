@@ -109,18 +109,13 @@ def _collect(result: ShardResult, ctx: RequestContext, job: ValidLine, future: c
         result.add_output(output_line(_line_id(ctx, job), job.custom_id, _req_id(ctx, job), body),
                           _usage(ctx, job, out, out.finish_reason))
     elif out.finish_reason == "error":
-        error = LineError(out.error or "the request was rejected by the engine", _engine_error_code(out.error))
+        error = LineError(out.error or "the request was rejected by the engine", out.error_code or "invalid_request")
         result.add_error(request_error_line(_line_id(ctx, job), job.custom_id, _req_id(ctx, job), error),
                          _usage(ctx, job, None, "error"))
     else:  # "abort": cancelled or expired while running; keep what it cost
         code = stop or "batch_cancelled"
         result.add_error(batch_error_line(_line_id(ctx, job), job.custom_id, code, STOP_MESSAGES[code]),
                          _usage(ctx, job, out, "abort"))
-
-
-def _engine_error_code(message: str | None) -> str:
-    text = (message or "").lower()
-    return "context_length_exceeded" if "context" in text or "longer than" in text else "invalid_request"
 
 
 def _usage(ctx: RequestContext, job: ValidLine, out: Any, finish_reason: str) -> UsageRecord:

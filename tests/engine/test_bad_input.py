@@ -39,12 +39,15 @@ def test_bad_request_fails_alone(llm, prompt, params, message):
     else:
         assert outs[1].finish_reason == "error"
         assert message in outs[1].error
+        want_code = "context_length_exceeded" if "context" in message else "invalid_request"
+        assert outs[1].error_code == want_code
 
 
 def test_request_larger_than_the_pool_is_rejected(checkpoint_dir):
     llm = LLM(checkpoint_dir("llama"), dtype="float32", device="cpu", num_kv_blocks=4)
     outs = llm.generate([[5] * 60, [5] * 10], SamplingParams(temperature=0, max_tokens=20))
     assert outs[0].finish_reason == "error" and "whole pool holds 64" in outs[0].error
+    assert outs[0].error_code == "request_too_large"
     assert outs[1].ok
 
 
