@@ -57,3 +57,22 @@ def test_engine_with_triton_matches_transformers(tmp_path_factory, monkeypatch: 
         warnings.warn(f"tolerated divergence at a near-tie: {note}", stacklevel=1)
     if "num_kv_blocks" in options:
         assert llm.engine.scheduler.num_preemptions > 0
+
+
+def test_padded_decode_graph_inputs_on_triton(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """The CUDA-graph decode path's inputs (padding rows on a scratch block, max_context_len = the model's
+    context) through the Triton kernels, run eagerly: the same tokens as the unpadded engine."""
+    from engine import LLM, SamplingParams
+    from engine.make_model import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                            max_position_embeddings=1024)
+    prompts = ["one", "two words", "three words here"]
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    monkeypatch.setenv("PAGEBATCH_KERNELS", "triton")
+    want = [o.token_ids for o in LLM(str(model), dtype="float32", device=device, block_size=8).generate(prompts, params)]
+    llm = LLM(str(model), dtype="float32", device=device, block_size=8, max_num_seqs=4)
+    engine = llm.engine
+    engine.runner.use_decode_graphs(4, engine.max_model_len, scratch_block=engine.num_blocks, capture=False)
+    assert [o.token_ids for o in llm.generate(prompts, params)] == want
+    assert engine.runner.decode_graphs.context_lens[3].item() == 1
