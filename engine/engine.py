@@ -134,7 +134,7 @@ class LLMEngine:
         seed = p.seed if p.seed is not None else self._rng.getrandbits(63)
         if not p.greedy:
             req.generator = torch.Generator(device=self.device).manual_seed(seed)
-        if p.stop:
+        if p.stop and p.choices is None:  # a label ends at its last token; stop strings do not apply
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, p.stop, p.skip_special_tokens)
         if p.choices is not None:
             seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in p.choices]

@@ -54,3 +54,8 @@ def test_bad_choices_fail_the_request_alone(llm):
     outs = llm.generate(["a", "b"], [SamplingParams(choices=[]), SamplingParams(temperature=0, choices=["yes"])])
     assert outs[0].finish_reason == "error" and "choices" in outs[0].error
     assert outs[1].text == "yes"
+
+
+def test_stop_strings_do_not_affect_labels(llm):
+    out = llm.generate(_prompts(1), SamplingParams(temperature=0, choices=LABELS, stop=["zz"]))[0]
+    assert out.text in LABELS
