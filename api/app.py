@@ -1,12 +1,13 @@
 """The FastAPI application (OpenAI Batch API under /v1). Started by `pagebatch api` via uvicorn."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from api import batches, files, health
+from api import batches, events, files, health, metrics
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from jobs.logs import configure_logging
@@ -24,7 +25,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
 
     @app.middleware("http")
@@ -32,10 +35,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id[:64])
+        started = time.perf_counter()
         response = await call_next(request)
         response.headers["x-request-id"] = request_id[:64]
         route = request.scope.get("route")
-        health.REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), response.status_code).inc()
+        metrics.observe_request(request.method, getattr(route, "path", "unmatched"), response.status_code,
+                                time.perf_counter() - started)
         return response
 
     return app

@@ -1,18 +1,16 @@
-"""Unauthenticated operational endpoints: /healthz and Prometheus /metrics."""
+"""Unauthenticated health probe: /healthz (Prometheus /metrics is in api/metrics.py)."""
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api.deps import services
 from jobs.services import Services
 from jobs.state import live_workers
 
 router = APIRouter()
-REQUESTS = Counter("pagebatch_api_requests_total", "API requests", ["method", "route", "status"])
 
 
 @router.get("/healthz")
@@ -31,8 +29,3 @@ def healthz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
         checks["storage"] = f"error: {type(e).__name__}"
     ok = checks["redis"] == "ok" and checks["storage"] == "ok"
     return JSONResponse({"status": "ok" if ok else "degraded", **checks}, status_code=200 if ok else 503)
-
-
-@router.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -43,7 +43,9 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
 
 
 def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: str, completion_window: str,
-                 metadata: dict[str, str] | None) -> BatchRecord:
+                 metadata: dict[str, str] | None, batch_id: str | None = None, default_model: str | None = None,
+                 outbox: str | None = None) -> BatchRecord:
+    """``batch_id``, ``default_model`` and ``outbox`` are for S3 triggers (jobs/triggers.py), never from a request."""
     if endpoint not in ENDPOINTS:
         raise BatchRequestError(f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
     window = window_seconds(completion_window, svc.settings.max_completion_window_s)
@@ -54,9 +56,9 @@ def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: st
     if file.purpose != "batch":
         raise BatchRequestError("the input file's purpose must be batch", "input_file_id")
     now = int(time.time())
-    record = BatchRecord(id=new_batch_id(), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
+    record = BatchRecord(id=batch_id or new_batch_id(), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
                          completion_window=completion_window, created_at=now, expires_at=now + window,
-                         metadata=metadata)
+                         metadata=metadata, default_model=default_model, outbox=outbox)
     svc.state.create(record)
     svc.dispatch.prepare(record.id, tenant)
     log.info("batch created", batch_id=record.id, tenant=tenant, input_file_id=input_file_id, endpoint=endpoint)

@@ -36,7 +36,8 @@ def create_celery(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=False,
-        worker_send_task_events=False,
+        worker_send_task_events=settings.task_events,  # for Flower
+        task_send_sent_event=settings.task_events,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

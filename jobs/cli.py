@@ -39,10 +39,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from jobs.demo import ensure_demo_model, write_demo_input
     from jobs.local_run import run_local
+    from jobs.logs import configure_logging
     from jobs.settings import get_settings
     from jobs.worker import served_name
 
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     model = args.model or str(ensure_demo_model(settings.cache_dir))
     out = Path(args.out)
     if args.input:
@@ -73,8 +75,9 @@ def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     # By import string: nothing under jobs/ imports api/.
+    # log_config=None: uvicorn's lines go through our handler (create_app configures it), JSON like ours.
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False, log_config=None)
     return 0
 
 
@@ -83,6 +86,90 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from jobs.worker import run_worker
 
     return run_worker(get_settings(), args.model, args.served_model_name, args.concurrency, _engine_options(args))
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import re
+    import signal
+    import threading
+    from collections import Counter
+
+    from jobs.logs import configure_logging
+    from jobs.services import Services
+    from jobs.settings import get_settings
+    from jobs.triggers import Outcome, SourceUnavailable, TriggerOptions, parse_s3_url, watch
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.tenant):
+        print("pagebatch watch: --tenant is letters, digits, - or _ (at most 64)", file=sys.stderr)
+        return 2
+    try:
+        parse_s3_url(args.url)
+    except ValueError as e:
+        print(f"pagebatch watch: {e}", file=sys.stderr)
+        return 2
+    if args.interval <= 0:
+        print("pagebatch watch: --interval must be positive", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def report(outcomes: list[Outcome]) -> None:
+        counts = Counter(o.status for o in outcomes)
+        for o in outcomes:
+            if o.status == "started":
+                print(f"started {o.batch_id} for s3://{o.bucket}/{o.key}", flush=True)
+            elif o.status == "ignored":
+                print(f"ignored s3://{o.bucket}/{o.key}: {o.reason}", flush=True)
+        if args.once:
+            print(f"{counts['started']} started, {counts['duplicate']} already started, {counts['ignored']} ignored")
+
+    options = TriggerOptions(tenant=args.tenant, model=args.model or settings.default_model, endpoint=args.endpoint)
+    try:
+        watch(Services.from_settings(settings), args.url, options, interval_s=args.interval, once=args.once,
+              stop=stop, report=report)
+    except SourceUnavailable as e:
+        print(f"pagebatch watch: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _engine_argv(args: argparse.Namespace) -> list[str]:
+    """The engine flags of ``args`` as `pagebatch worker` arguments (what standalone passes on)."""
+    argv = ["--device", args.device, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
+            "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    if args.served_model_name:
+        argv += ["--served-model-name", args.served_model_name]
+    if args.num_kv_blocks is not None:
+        argv += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    if args.no_prefix_caching:
+        argv.append("--no-prefix-caching")
+    return argv
+
+
+def _cmd_standalone(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from jobs.demo import ensure_demo_model
+    from jobs.settings import get_settings
+    from jobs.standalone import StandaloneError, StandalonePlan, run_standalone
+    from jobs.worker import served_name
+
+    settings = get_settings()
+    model = str(Path(args.model).resolve()) if args.model else str(ensure_demo_model(settings.cache_dir))
+    plan = StandalonePlan(model=model, model_name=served_name(model, args.served_model_name), host=args.host,
+                          port=args.port,
+                          worker_args=["--concurrency", str(args.concurrency), *_engine_argv(args)],
+                          redis_dir=Path(args.redis_dir).resolve() if args.redis_dir else None,
+                          stop_timeout_s=args.stop_timeout)
+    try:
+        return run_standalone(settings, plan, dict(os.environ))
+    except StandaloneError as e:
+        print(e, file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=4, help="shards worked on at once (default 4)")
     _add_engine_args(worker)
     worker.set_defaults(func=_cmd_worker)
+
+    standalone = sub.add_parser("standalone", help="run Redis (unless PAGEBATCH_REDIS_URL is set), the API and a "
+                                                   "worker on this machine; Ctrl-C stops them all")
+    standalone.add_argument("--model", default=None,
+                            help="checkpoint directory (default: a tiny demo model, made on first use)")
+    standalone.add_argument("--host", default="127.0.0.1", help="the API's address (default 127.0.0.1)")
+    standalone.add_argument("--port", type=int, default=8000, help="the API's port (default 8000)")
+    standalone.add_argument("--concurrency", type=int, default=4, help="shards the worker runs at once (default 4)")
+    standalone.add_argument("--redis-dir", default=None,
+                            help="keep the embedded Redis' data (AOF) in this directory across restarts "
+                                 "(default: a temporary directory, nothing persisted)")
+    standalone.add_argument("--stop-timeout", type=float, default=20.0,
+                            help="seconds the API and worker get to stop before they are killed (default 20)")
+    _add_engine_args(standalone)
+    standalone.set_defaults(func=_cmd_standalone)
+
+    watch = sub.add_parser("watch", help="poll s3://bucket/inbox/ and start one batch per new inbox/NAME.jsonl "
+                                         "(results also in outbox/NAME/)")
+    watch.add_argument("url", help="s3://bucket/prefix/ to list")
+    watch.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default 30)")
+    watch.add_argument("--once", action="store_true", help="poll once and exit")
+    watch.add_argument("--tenant", default="default", help="the tenant that owns the batches (default: default)")
+    watch.add_argument("--model", default=None,
+                       help="model for lines that name none (default: PAGEBATCH_DEFAULT_MODEL)")
+    watch.add_argument("--endpoint", default="/v1/chat/completions",
+                       choices=["/v1/chat/completions", "/v1/completions"])
+    watch.set_defaults(func=_cmd_watch)
     return parser
 
 

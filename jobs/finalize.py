@@ -8,9 +8,10 @@ from pathlib import Path
 from jobs import layout
 from jobs.ids import derived_file_id
 from jobs.logs import get_logger
+from jobs.outbox import publish as publish_outbox
 from jobs.prepare import load_manifest
 from jobs.results import ShardResult, merge_results
-from jobs.schema import BatchRecord
+from jobs.schema import TERMINAL_STATUSES, BatchRecord
 from jobs.services import Services
 from jobs.storage import NotFound
 
@@ -26,6 +27,8 @@ def shard_results(svc: Services, tenant: str, batch_id: str, num_shards: int) ->
 def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
     record = svc.state.get_live(batch_id)
     if record is None or record.status != "finalizing":
+        if record is not None and record.status in TERMINAL_STATUSES:
+            publish_outbox(svc, record, only_if_missing=True)  # a retry after the outbox copy failed
         return  # lost from Redis (the sweeper restores it) or finalized already
     manifest = load_manifest(svc, tenant, batch_id)
     num_shards = len(manifest.shards) if manifest else 0
@@ -49,11 +52,13 @@ def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
         r.usage = merged.totals.as_batch_usage()
         r.output_file_id, r.error_file_id, r.usage_file_id = ids["output"], ids["errors"], ids["usage"]
 
-    changed, _ = svc.state.transition(batch_id, {"finalizing"}, final, conclude)
+    changed, finished = svc.state.transition(batch_id, {"finalizing"}, final, conclude)
     if changed:
         log.info("batch finished", batch_id=batch_id, status=final, completed=merged.completed, failed=merged.failed)
         svc.state.forget_active(batch_id)
         svc.storage.delete_prefix(layout.work_prefix(tenant, batch_id))
+        if finished is not None:
+            publish_outbox(svc, finished)
 
 
 def _store(svc: Services, record: BatchRecord, kind: str, path: Path) -> str | None:

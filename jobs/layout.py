@@ -48,3 +48,8 @@ ACTIVE_PREFIX = "active/"
 def active_marker(batch_id: str) -> str:
     """Present while a batch is not finished: what the recovery sweeper walks."""
     return f"{ACTIVE_PREFIX}{batch_id}"
+
+
+def trigger_marker(claim_id: str) -> str:
+    """The durable record that one S3 object version (bucket/key/etag) started a batch."""
+    return f"triggers/{claim_id}.json"

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from tqdm import tqdm
 
 from jobs.execute import execute
@@ -114,10 +115,11 @@ def _execute_with_progress(loop: object, jobs: list[ValidLine], ctx: RequestCont
         bar.set_postfix(failed=failed, refresh=False)
 
     try:
-        result = execute(loop, jobs, ctx=ctx, endpoint=endpoint, model_name=model, request_prefix=ctx.batch_id,
-                         default_max_tokens=settings.default_max_tokens,
-                         should_stop=lambda: "batch_cancelled" if interrupted.is_set() else None,
-                         on_progress=progress, poll_s=0.1)
+        with structlog.contextvars.bound_contextvars(batch_id=ctx.batch_id):
+            result = execute(loop, jobs, ctx=ctx, endpoint=endpoint, model_name=model, request_prefix=ctx.batch_id,
+                             default_max_tokens=settings.default_max_tokens,
+                             should_stop=lambda: "batch_cancelled" if interrupted.is_set() else None,
+                             on_progress=progress, poll_s=0.1)
     finally:
         bar.close()
         if previous is not None:

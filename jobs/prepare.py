@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from jobs import layout
 from jobs.logs import get_logger
+from jobs.outbox import publish_best_effort as publish_outbox
 from jobs.progress import PREPARE_SHARD, finish_shard
 from jobs.results import RequestContext, ShardResult
 from jobs.schema import BatchError, BatchErrors, BatchRecord
@@ -100,7 +101,8 @@ def _validate_and_split(svc: Services, record: BatchRecord, worker: str) -> Mani
         ctx = RequestContext(batch_id, tenant, worker)
         buffers: dict[str, list[ValidLine]] = {}
         manifest = Manifest(total=0, rejected=0, model=None)
-        for verdict in check_lines(lines, endpoint=record.endpoint, known_models=models, limits=limits):
+        for verdict in check_lines(lines, endpoint=record.endpoint, known_models=models, limits=limits,
+                                   default_model=record.default_model):
             manifest.total += 1
             if isinstance(verdict, RejectedLine):
                 rejected.add_rejected(ctx, verdict)
@@ -133,7 +135,9 @@ def fail_batch(svc: Services, batch_id: str, tenant: str, code: str, message: st
     def attach(r: BatchRecord) -> None:
         r.errors = BatchErrors(data=[BatchError(code=code, message=message, line=line)])
 
-    changed, _ = svc.state.transition(batch_id, {"validating", "cancelling"}, "failed", attach)
+    changed, failed = svc.state.transition(batch_id, {"validating", "cancelling"}, "failed", attach)
     if changed:
         svc.storage.delete_prefix(layout.work_prefix(tenant, batch_id))
         svc.state.forget_active(batch_id)
+        if failed is not None:
+            publish_outbox(svc, failed)

@@ -80,9 +80,14 @@ class BatchRecord(Batch):
     tenant: str
     num_shards: int | None = None
     cancel_requested: bool = False
+    # Set only by S3 triggers, never from a request: the model for lines that name none, and the
+    # s3://bucket/prefix/ the finished batch's files are copied to (see jobs/outbox.py).
+    default_model: str | None = None
+    outbox: str | None = None
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"tenant", "num_shards", "cancel_requested"})
+        return self.model_dump(mode="json", exclude={"tenant", "num_shards", "cancel_requested", "default_model",
+                                                     "outbox"})
 
 
 FilePurpose = Literal["batch", "batch_output"]

@@ -44,8 +44,25 @@ class Settings(BaseSettings):
     # Where `pagebatch run` keeps its demo model and input when none is given.
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "pagebatch")
 
+    # S3 triggers (webhook and `pagebatch watch`): the model for lines of an inbox file that name none,
+    # when the webhook URL (?model=) or the watch command (--model) does not say.
+    default_model: str | None = Field(None, max_length=256)
+    # How long a started-but-unfinished trigger claim blocks redeliveries before another may retry it.
+    trigger_claim_ttl_s: int = Field(900, ge=10)
+    max_event_bytes: int = Field(1 * MiB, ge=1024)
+
     log_level: str = "INFO"
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    # How often each worker publishes its engine stats and request latencies to Redis for /metrics.
+    stats_interval_s: float = Field(2.0, gt=0)
+    # Celery task events and worker heartbeats: what Flower needs to show tasks and workers
+    # (off by default: they cost a Redis publish per task state change).
+    task_events: bool = False
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("api_keys", mode="before")
     @classmethod

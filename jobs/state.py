@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from jobs import layout
+from jobs.metrics import record_status
 from jobs.schema import TERMINAL_STATUSES, BatchRecord, RequestCounts
 from jobs.storage import NotFound, Storage
 
@@ -61,6 +62,8 @@ class BatchState:
     def load_live(self, record: BatchRecord, progress: dict[str, str] | None = None, done: Iterable[str] = ()) -> None:
         pipe = self.r.pipeline()
         pipe.hset(_key(record.id), mapping={"record": record.model_dump_json(), "version": 1})
+        if record.status not in TERMINAL_STATUSES:
+            record_status(pipe, record.id, None, record.status)
         if progress:
             pipe.hset(_key(record.id, "progress"), mapping=progress)
         done = list(done)
@@ -124,11 +127,13 @@ class BatchState:
                 return
             record = BatchRecord.model_validate_json(raw)
             outcome["record"] = record
+            before = record.status
             if not change(record):
                 return
             pipe.multi()
             pipe.hset(key, "record", record.model_dump_json())
             pipe.hincrby(key, "version", 1)
+            record_status(pipe, batch_id, before, record.status)
             if record.status in TERMINAL_STATUSES:
                 for part in ("", "progress", "done", "attempts"):
                     pipe.expire(_key(batch_id, part), self.ttl_s)

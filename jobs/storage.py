@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -29,6 +30,12 @@ class Storage(Protocol):
     def delete_prefix(self, prefix: str) -> None: ...
     def list(self, prefix: str, start_after: str | None = None, limit: int | None = None) -> list[str]: ...
     def describe(self) -> str: ...
+
+
+@lru_cache(maxsize=64)
+def bucket_storage(bucket: str) -> "S3Storage":
+    """A whole bucket outside the service's own storage (S3 triggers' inboxes and outboxes); one client per process."""
+    return S3Storage(bucket)
 
 
 def open_storage(spec: str) -> Storage:

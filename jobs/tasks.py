@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, Task
+import structlog
+from celery import Celery, Task, signals
 
 from jobs.celery_app import FINALIZE_TASK, PREPARE_TASK, SHARD_TASK
 from jobs.finalize import finalize_batch
@@ -31,8 +32,24 @@ class WorkerRuntime:
     worker_id: str
 
 
+def _bind_task_ids(task: Task | None = None, args: Any = None, **_: Any) -> None:
+    """Every line a task logs, Celery's own included, carries its batch id (and shard)."""
+    if task is None or task.name not in (PREPARE_TASK, SHARD_TASK, FINALIZE_TASK) or not args:
+        return
+    ids: dict[str, Any] = {"batch_id": args[0], "tenant": args[1] if len(args) > 1 else None}
+    if task.name == SHARD_TASK and len(args) > 2:
+        ids["shard"] = args[2]
+    structlog.contextvars.bind_contextvars(**ids)
+
+
+def _unbind_task_ids(**_: Any) -> None:
+    structlog.contextvars.unbind_contextvars("batch_id", "tenant", "shard")
+
+
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     svc = runtime.services
+    signals.task_prerun.connect(_bind_task_ids, weak=False)
+    signals.task_postrun.connect(_unbind_task_ids, weak=False)
 
     def redelivered(task: Task) -> bool:
         return bool((task.request.delivery_info or {}).get("redelivered")) or task.request.retries > 0

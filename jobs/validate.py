@@ -58,9 +58,11 @@ def check_size(num_bytes: int, limits: Limits) -> None:
 
 
 def check_lines(
-    lines: Iterable[bytes], *, endpoint: str, known_models: set[str], limits: Limits
+    lines: Iterable[bytes], *, endpoint: str, known_models: set[str], limits: Limits, default_model: str | None = None
 ) -> Iterator[ValidLine | RejectedLine]:
     """Yield one verdict per non-blank line; raise FileError for whole-file problems.
+
+    ``default_model`` is the model of lines whose body names none (batches started by an S3 trigger).
 
     "Not JSONL" is only known at the end (no line was a JSON object), so callers must not act on
     the yielded lines until the iterator is exhausted.
@@ -73,7 +75,7 @@ def check_lines(
         count += 1
         if count > limits.max_batch_lines:
             raise FileError("too_many_lines", f"the input file has more than {limits.max_batch_lines} requests", number)
-        verdict = _check_line(number, raw, endpoint, known_models, limits, seen)
+        verdict = _check_line(number, raw, endpoint, known_models, limits, seen, default_model)
         if not (isinstance(verdict, RejectedLine) and verdict.error.code in ("invalid_json", "line_too_long")):
             objects += 1
         yield verdict
@@ -84,7 +86,8 @@ def check_lines(
 
 
 def _check_line(
-    number: int, raw: bytes, endpoint: str, known_models: set[str], limits: Limits, seen: set[str]
+    number: int, raw: bytes, endpoint: str, known_models: set[str], limits: Limits, seen: set[str],
+    default_model: str | None = None,
 ) -> ValidLine | RejectedLine:
     def reject(message: str, code: str, param: str | None = None, custom_id: str | None = None,
                model: str | None = None) -> RejectedLine:
@@ -108,6 +111,8 @@ def _check_line(
     seen.add(custom_id)
     body = data.get("body")
     model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+    if model is None and isinstance(body, dict) and "model" not in body:
+        model = default_model
     if data.get("method") != "POST":
         return reject("method must be POST", "invalid_method", "method", custom_id, model)
     if data.get("url") != endpoint:

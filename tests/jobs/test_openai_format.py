@@ -68,3 +68,38 @@ def test_completion_response_parses_as_an_openai_completion():
     assert parsed.choices[0].text == "ok!" and parsed.choices[0].finish_reason == "stop"
     assert parsed.choices[0].logprobs.text_offset == [0, 2]
     assert parsed.usage.total_tokens == 5
+
+
+LABELS = ["positive", "negative", "neutral"]
+ENUM_SCHEMA = {"type": "json_schema",
+               "json_schema": {"name": "label", "strict": True, "schema": {"type": "string", "enum": LABELS}}}
+
+
+@pytest.mark.parametrize("endpoint, base", [(CHAT, {"messages": [{"role": "user", "content": "x"}]}),
+                                            (COMPLETIONS, {"prompt": "x"})])
+def test_a_label_set_becomes_engine_choices(endpoint, base):
+    plain = to_engine_request(endpoint, {**base, "structured_outputs": {"choice": LABELS}, "stop": ["\n"]}, 16)
+    assert plain.params.choices == LABELS and plain.params.stop == []
+    as_json = to_engine_request(endpoint, {**base, "response_format": ENUM_SCHEMA}, 16)
+    assert as_json.params.choices == ['"positive"', '"negative"', '"neutral"']  # the answer is valid JSON
+    assert to_engine_request(endpoint, {**base, "response_format": {"type": "text"}}, 16).params.choices is None
+
+
+@pytest.mark.parametrize("extra", [
+    {"response_format": {"type": "json_object"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string"}}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "integer", "enum": [1, 2]}}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"enum": ["a"], "pattern": "a"}}}},
+    {"response_format": "json"},
+    {"structured_outputs": {"json": {"type": "object"}}},
+    {"structured_outputs": {"choice": []}},
+    {"structured_outputs": {"choice": ["ok", ""]}},
+    {"structured_outputs": {"choice": "ok"}},
+    {"structured_outputs": {"choice": ["x"] * 1025}},
+    {"structured_outputs": {"choice": ["a"]}, "response_format": ENUM_SCHEMA},
+])
+def test_unsupported_output_constraints_are_a_clear_400(extra):
+    with pytest.raises(LineError) as e:
+        to_engine_request(CHAT, {"messages": [{"role": "user", "content": "x"}], **extra}, default_max_tokens=16)
+    assert e.value.param in ("response_format", "structured_outputs") and e.value.code == "invalid_parameter"

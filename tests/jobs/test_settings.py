@@ -28,3 +28,12 @@ def test_rejects_a_zero_shard_size(monkeypatch):
     monkeypatch.setenv("PAGEBATCH_SHARD_SIZE", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_trigger_settings(monkeypatch):
+    monkeypatch.setenv("PAGEBATCH_DEFAULT_MODEL", "llama-3-8b")
+    monkeypatch.setenv("PAGEBATCH_TRIGGER_CLAIM_TTL_S", "60")
+    s = Settings()
+    assert (s.default_model, s.trigger_claim_ttl_s, s.max_event_bytes) == ("llama-3-8b", 60, 1024 * 1024)
+    monkeypatch.setenv("PAGEBATCH_DEFAULT_MODEL", "")  # compose's "VAR=" means unset
+    assert Settings().default_model is None
