@@ -55,6 +55,7 @@ class LLMEngine:
         self.eos_token_ids = self._eos_ids(hf_config)
         self.requests: dict[str, Request] = {}
         self._finished: list[RequestOutput] = []
+        self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._ids = itertools.count()
         self._rng = random.Random(config.seed)
         self._prompt_meter, self._gen_meter = RateMeter(), RateMeter()
@@ -103,6 +104,7 @@ class LLMEngine:
         """Queue a request. A bad request never raises: it finishes at the next step with finish_reason 'error'."""
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        ids: list[int] = []
         try:
             if request_id in self.requests:
                 raise ValueError(f"request id {request_id!r} is already in use")
@@ -112,7 +114,7 @@ class LLMEngine:
             self._check_fits(req)
             self._prepare(req)
         except ValueError as exc:  # RequestRejected, or SamplingParams.validate's ValueError
-            req = Request(request_id, ids if "ids" in locals() else [], params)
+            req = Request(request_id, ids, params)
             self._finished.append(self._output(req, "error", str(exc), getattr(exc, "code", "invalid_request")))
             log.info("request rejected", request_id=request_id, error=str(exc))
             return request_id
@@ -137,11 +139,18 @@ class LLMEngine:
         if p.stop and p.choices is None:  # a label ends at its last token; stop strings do not apply
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, p.stop, p.skip_special_tokens)
         if p.choices is not None:
-            seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in p.choices]
-            end = min(self.eos_token_ids) if self.eos_token_ids else None
-            if end is None:
+            if not self.eos_token_ids:
                 raise ValueError("choices need a model with an end-of-sequence token")
-            req.choice_state = ChoiceState(ChoiceTrie(seqs), end)
+            req.choice_state = ChoiceState(self._choice_trie(tuple(p.choices)), min(self.eos_token_ids))
+
+    def _choice_trie(self, choices: tuple[str, ...]) -> ChoiceTrie:
+        """Labeling jobs repeat one label set on every line: tokenize it once."""
+        trie = self._tries.get(choices)
+        if trie is None:
+            if len(self._tries) >= 256:
+                self._tries.clear()
+            trie = self._tries[choices] = ChoiceTrie([self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices])
+        return trie
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         req = self.requests.pop(request_id, None)
