@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # How long a started-but-unfinished trigger claim blocks redeliveries before another may retry it.
     trigger_claim_ttl_s: int = Field(900, ge=10)
     max_event_bytes: int = Field(1 * MiB, ge=1024)
+    # Which tenant owns each inbox bucket, "bucket=tenant,prefix*=tenant": an upload notification starts a
+    # batch only for a bucket its caller's tenant owns, so no tenant can make the server read another's bucket.
+    inbox_buckets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     log_level: str = "INFO"
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
@@ -76,6 +79,26 @@ class Settings(BaseSettings):
                 raise ValueError("PAGEBATCH_API_KEYS entries look like key=tenant (tenant: letters, digits, - or _)")
             keys[key.strip()] = tenant.strip()
         return keys
+
+    @field_validator("inbox_buckets", mode="before")
+    @classmethod
+    def _parse_inbox_buckets(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        owners: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            bucket, sep, tenant = item.partition("=")
+            if not sep or not bucket.strip() or not _TENANT.match(tenant.strip()):
+                raise ValueError("PAGEBATCH_INBOX_BUCKETS entries look like bucket=tenant or bucket-prefix*=tenant")
+            owners[bucket.strip()] = tenant.strip()
+        return owners
+
+    def inbox_owner(self, bucket: str) -> str | None:
+        """The tenant that owns an inbox bucket: an exact entry, else the longest matching ``prefix*`` entry."""
+        if bucket in self.inbox_buckets:
+            return self.inbox_buckets[bucket]
+        matches = [p for p in self.inbox_buckets if p.endswith("*") and bucket.startswith(p[:-1])]
+        return self.inbox_buckets[max(matches, key=len)] if matches else None
 
     @property
     def unacked_restore_interval(self) -> int:

@@ -206,7 +206,24 @@ def _ignored(reason: str, bucket: str | None = None, key: str | None = None, eta
 # --- starting batches ------------------------------------------------------------------------------
 
 def handle_event(svc: Services, payload: Any, options: TriggerOptions) -> list[Outcome]:
-    return [item if isinstance(item, Outcome) else start_object(svc, item, options) for item in parse_event(payload)]
+    """A notification from outside: each object must sit in a bucket the caller's tenant owns."""
+    outcomes = []
+    for item in parse_event(payload):
+        if not isinstance(item, Outcome):
+            refusal = _not_owned(svc, item, options.tenant)
+            item = refusal if refusal is not None else start_object(svc, item, options)
+        outcomes.append(item)
+    return outcomes
+
+
+def _not_owned(svc: Services, ref: ObjectRef, tenant: str) -> Outcome | None:
+    if svc.settings.inbox_owner(ref.bucket) != tenant:
+        return _ignored(f"bucket {ref.bucket} is not an inbox of this API key's tenant; "
+                        "register it in PAGEBATCH_INBOX_BUCKETS as bucket=tenant", ref.bucket, ref.key)
+    storage = svc.storage
+    if getattr(storage, "bucket", None) == ref.bucket and ref.key.startswith(getattr(storage, "prefix", "")):
+        return _ignored("the key lies inside pagebatch's own storage prefix", ref.bucket, ref.key)
+    return None
 
 
 def start_object(svc: Services, ref: ObjectRef, options: TriggerOptions) -> Outcome:

@@ -236,6 +236,7 @@ def stack_env(redis_server: RedisServer, s3: S3, bucket: str, **overrides: str) 
         "PAGEBATCH_REDIS_URL": redis_server.url,
         "PAGEBATCH_STORAGE": f"s3://{bucket}/pagebatch",
         "PAGEBATCH_API_KEYS": ",".join(f"{k}={v}" for k, v in API_KEYS.items()),
+        "PAGEBATCH_INBOX_BUCKETS": "pb-*=tenant-s",  # moto buckets made by the tests; tenant-s runs the trigger tests
         "PAGEBATCH_SHARD_SIZE": "8",
         "PAGEBATCH_VISIBILITY_TIMEOUT": "10",
         "PAGEBATCH_POLL_INTERVAL_S": "0.2",

@@ -143,6 +143,22 @@ def test_what_starts_nothing_is_answered_and_never_a_5xx(stack, moto_s3):
     assert batches_from(stack.client(TENANT), f"s3://{bucket}/inbox/x.jsonl") == []
 
 
+def test_a_tenant_cannot_start_batches_on_a_bucket_it_does_not_own(stack, moto_s3):
+    """PAGEBATCH_INBOX_BUCKETS gives pb-* buckets to tenant-s: tenant-l's key is refused them, as is the storage prefix."""
+    s3, bucket = moto_s3.client(), moto_s3.new_bucket()
+    etag = put(s3, bucket, "inbox/theirs.jsonl", jsonl([chat_line("a", stack.model)]))
+    response = post(stack, aws_event(bucket, "inbox/theirs.jsonl", etag), tenant="l", model=stack.model)
+    assert response.status_code == 200
+    [outcome] = response.json()["data"]
+    assert outcome["status"] == "ignored" and "PAGEBATCH_INBOX_BUCKETS" in outcome["reason"]
+    assert batches_from(stack.client("l"), f"s3://{bucket}/inbox/theirs.jsonl") == []
+    storage_bucket, prefix = stack.env["PAGEBATCH_STORAGE"].removeprefix("s3://").split("/", 1)
+    inside = f"{prefix}/inbox/x.jsonl"
+    etag = put(s3, storage_bucket, inside, jsonl([chat_line("a", stack.model)]))
+    [outcome] = post(stack, aws_event(storage_bucket, inside, etag), model=stack.model).json()["data"]
+    assert outcome["status"] == "ignored" and "storage prefix" in outcome["reason"]
+
+
 def watch_once(stack, url):
     exe = shutil.which("pagebatch")
     cmd = [exe] if exe else [sys.executable, "-m", "jobs.cli"]

@@ -37,3 +37,13 @@ def test_trigger_settings(monkeypatch):
     assert (s.default_model, s.trigger_claim_ttl_s, s.max_event_bytes) == ("llama-3-8b", 60, 1024 * 1024)
     monkeypatch.setenv("PAGEBATCH_DEFAULT_MODEL", "")  # compose's "VAR=" means unset
     assert Settings().default_model is None
+
+
+def test_inbox_bucket_owners_exact_before_longest_prefix():
+    from jobs.settings import Settings
+
+    settings = Settings(inbox_buckets="nightly=ops,team-*=teams,team-a*=a")
+    assert settings.inbox_owner("nightly") == "ops"
+    assert settings.inbox_owner("team-a-inbox") == "a"
+    assert settings.inbox_owner("team-b") == "teams"
+    assert settings.inbox_owner("other") is None
