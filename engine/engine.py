@@ -50,7 +50,11 @@ class LLMEngine:
         kv = allocate_kv_cache(self.spec, self.num_blocks + 1, config.block_size, self.dtype, self.device)
         self.runner = ModelRunner(self.model, kv, config.block_size)
         if config.enable_cuda_graphs and self.device.type == "cuda" and self.model.ops.__name__.endswith("triton_ops"):
-            self.runner.use_decode_graphs(config.max_num_seqs, self.max_model_len, scratch_block=self.num_blocks)
+            try:
+                self.runner.use_decode_graphs(config.max_num_seqs, self.max_model_len, scratch_block=self.num_blocks)
+            except RuntimeError as exc:  # a driver or capture problem costs speed, not service
+                self.runner.decode_graphs = None
+                log.warning("CUDA graph capture failed; decode steps run eagerly", error=str(exc))
         self.prompts = PromptProcessor(self.tokenizer, self.spec.vocab_size, self.max_model_len)
         self.eos_token_ids = self._eos_ids(hf_config)
         self.requests: dict[str, Request] = {}
