@@ -70,28 +70,12 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        keys: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            key, sep, tenant = item.partition("=")
-            if not sep or not key.strip() or not _TENANT.match(tenant.strip()):
-                raise ValueError("PAGEBATCH_API_KEYS entries look like key=tenant (tenant: letters, digits, - or _)")
-            keys[key.strip()] = tenant.strip()
-        return keys
+        return _tenant_map(value, "PAGEBATCH_API_KEYS entries look like key=tenant (tenant: letters, digits, - or _)")
 
     @field_validator("inbox_buckets", mode="before")
     @classmethod
     def _parse_inbox_buckets(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        owners: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            bucket, sep, tenant = item.partition("=")
-            if not sep or not bucket.strip() or not _TENANT.match(tenant.strip()):
-                raise ValueError("PAGEBATCH_INBOX_BUCKETS entries look like bucket=tenant or bucket-prefix*=tenant")
-            owners[bucket.strip()] = tenant.strip()
-        return owners
+        return _tenant_map(value, "PAGEBATCH_INBOX_BUCKETS entries look like bucket=tenant or bucket-prefix*=tenant")
 
     def inbox_owner(self, bucket: str) -> str | None:
         """The tenant that owns an inbox bucket: an exact entry, else the longest matching ``prefix*`` entry."""
@@ -109,6 +93,19 @@ class Settings(BaseSettings):
     @property
     def lease_renew_interval_s(self) -> float:
         return max(1.0, self.visibility_timeout / 4)
+
+
+def _tenant_map(value: object, usage: str) -> object:
+    """Parse "name=tenant,name2=tenant2" (an environment string); anything else is left to pydantic."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, tenant = item.partition("=")
+        if not sep or not name.strip() or not _TENANT.match(tenant.strip()):
+            raise ValueError(usage)
+        pairs[name.strip()] = tenant.strip()
+    return pairs
 
 
 @lru_cache(maxsize=1)
