@@ -59,10 +59,6 @@ class EngineLoop:
         with self._engine_lock:
             return self.engine.stats()
 
-    def num_in_flight(self) -> int:
-        with self._lock:
-            return len(self._futures)
-
     def close(self, timeout: float | None = 30.0) -> None:
         with self._lock:
             self._closed = True

@@ -27,7 +27,3 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.query_lens_cpu)
-
-    @property
-    def is_pure_decode(self) -> bool:
-        return self.max_query_len == 1

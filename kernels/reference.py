@@ -124,7 +124,7 @@ def _plan(meta: AttentionMetadata, block_size: int, device: torch.device) -> _Pl
     plan = getattr(meta, "_reference_plan", None)
     if plan is None:
         plan = _Plan(meta, block_size, device)
-        object.__setattr__(meta, "_reference_plan", plan)
+        meta._reference_plan = plan
     return plan
 
 
