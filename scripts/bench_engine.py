@@ -118,6 +118,53 @@ def run_continuous(path: str, prompts, outputs, device: str, dtype: str) -> floa
         return time.perf_counter() - t
 
 
+def step_breakdown(path: str, prompts, outputs, device: str, dtype: str) -> None:
+    """Where pagebatch's time goes: prefill vs decode steps, and the attention share of a decode step."""
+    import kernels.reference as reference
+
+    llm = LLM(path, dtype=dtype, device=device)
+    runner = llm.engine.runner
+    execute = runner.execute
+    spent = {"prefill": [0.0, 0], "decode": [0.0, 0]}
+
+    def timed(batch):
+        _sync(device)
+        t = time.perf_counter()
+        result = execute(batch)
+        _sync(device)
+        kind = "decode" if max(batch.num_new_tokens) == 1 else "prefill"
+        spent[kind][0] += time.perf_counter() - t
+        spent[kind][1] += 1
+        return result
+
+    runner.execute = timed
+    llm.generate(prompts, [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in outputs])
+    runner.execute = execute
+    for kind, (seconds, steps) in spent.items():
+        print(f"{kind:8s} steps: {steps:4d}, {seconds:6.2f} s, {1e3 * seconds / max(steps, 1):7.1f} ms/step")
+
+    engine = llm.engine  # decode-only steps over the same prompts, with and without attention
+    for p in prompts:
+        engine.add_request(p, SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True))
+    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.requests.values()):
+        engine.step()
+
+    def decode_ms(steps: int = 10) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        _sync(device)
+        return 1e3 * (time.perf_counter() - t) / steps
+
+    with_attention = decode_ms()
+    attention = reference.paged_attention
+    reference.paged_attention = lambda q, k_cache, v_cache, meta, scale: q.clone()
+    without = decode_ms()
+    reference.paged_attention = attention
+    print(f"decode step of {len(prompts)} sequences (torch kernels): {with_attention:.1f} ms, "
+          f"{without:.1f} ms without attention -> attention {100 * (1 - without / with_attention):.0f}% of the step")
+
+
 def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
     """Batch-1 decode of a ~0.5B random model: bytes a step must read (weights + live KV) over its time,
     against the device's measured copy bandwidth."""
@@ -164,6 +211,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decode-bandwidth", action="store_true", help="batch-1 decode bandwidth of a ~0.5B model instead")
     ap.add_argument("--bandwidth-preset", default="0.5b", help="0.5b, or a make_model preset for a quick CPU run")
+    ap.add_argument("--breakdown", action="store_true", help="also print where pagebatch's time goes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -199,6 +247,8 @@ def main() -> None:
     print(f"matmul peak measured: {peak / 1e9:.1f} GFLOP/s; pagebatch achieved {achieved / 1e9:.1f} GFLOP/s "
           f"(2 x params x tokens) = {100 * achieved / peak:.1f}% of peak")
     print(f"KV-cache utilization (live tokens / allocated slots, mean over steps): {100 * utilization:.1f}%")
+    if args.breakdown:
+        step_breakdown(path, prompts, outputs, args.device, dtype)
 
 
 if __name__ == "__main__":
