@@ -5,7 +5,7 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ HEARTBEAT_S = 5.0
 
 @dataclass
 class EngineOptions:
+    """The EngineConfig fields the CLI exposes (the model path comes separately)."""
+
     dtype: str = "auto"
     device: str = "auto"
     max_num_seqs: int = 256
@@ -44,10 +46,7 @@ def served_name(model_path: str, name: str | None) -> str:
 def start_engine(model_path: str, options: EngineOptions) -> Any:
     from engine import EngineConfig, EngineLoop, LLMEngine
 
-    config = EngineConfig(model=model_path, dtype=options.dtype, device=options.device,
-                          max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens, num_kv_blocks=options.num_kv_blocks,
-                          enable_prefix_caching=options.enable_prefix_caching)
-    return EngineLoop(LLMEngine(config))
+    return EngineLoop(LLMEngine(EngineConfig(model=model_path, **asdict(options))))
 
 
 class ModelHeartbeat:
