@@ -20,7 +20,9 @@ MULTIPART_OVERHEAD = 64 * 1024
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = FastAPI(title="pagebatch", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="pagebatch", version="0.1.0", redoc_url=None,
+                  docs_url="/docs" if settings.api_docs else None,
+                  openapi_url="/openapi.json" if settings.api_docs else None)
     app.state.services = Services.from_settings(settings)
     install_error_handlers(app)
     app.include_router(files.router)

@@ -1,14 +1,14 @@
 """/v1/batches: create, retrieve, list and cancel batches (tenant-scoped)."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from api.deps import services, tenant
+from api.deps import list_page, services, tenant
 from api.errors import not_found
-from jobs.batches import cancel_batch, create_batch, get_batch, list_batches
+from jobs.pipeline.batches import cancel_batch, create_batch, get_batch, list_batches
 from jobs.services import Services
 
 router = APIRouter(prefix="/v1/batches")
@@ -32,11 +32,9 @@ def create(svc: Svc, owner: Tenant, body: CreateBatch) -> dict[str, Any]:
 
 @router.get("")
 def list_all(svc: Svc, owner: Tenant, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-             after: str | None = None) -> dict[str, Any]:
-    records, has_more = list_batches(svc, owner, after=after, limit=limit)
-    data = [r.public() for r in records]
-    return {"object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+             after: str | None = None, order: Annotated[Literal["asc", "desc"], Query()] = "desc") -> dict[str, Any]:
+    records, has_more = list_batches(svc, owner, after=after, limit=limit, order=order)
+    return list_page(records, has_more)
 
 
 @router.get("/{batch_id}")

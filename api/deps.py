@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from fastapi import Request
 
@@ -23,3 +24,10 @@ def tenant(request: Request) -> str:
         if hmac.compare_digest(known.encode(), key.strip().encode()):
             return owner
     raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
+
+
+def list_page(records: list[Any], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list object over records that have ``public()``."""
+    data = [r.public() for r in records]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}

@@ -14,10 +14,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import services, tenant
-from api.errors import APIError, error_response
-from jobs.openai_format import CHAT
+from api.errors import APIError
+from jobs.batch.requests import CHAT
+from jobs.pipeline.trigger_events import TriggerOptions
+from jobs.pipeline.trigger_start import handle_event
 from jobs.services import Services
-from jobs.triggers import EventError, SourceUnavailable, TriggerOptions, handle_event
 
 router = APIRouter(prefix="/v1/s3")
 Svc = Annotated[Services, Depends(services)]
@@ -63,12 +64,7 @@ async def s3_events(request: Request, svc: Svc, owner: Tenant,
     except (ValueError, RecursionError):
         raise APIError(400, "the body is not JSON (an S3 event notification)", code="invalid_json") from None
     options = TriggerOptions(tenant=owner, model=model or svc.settings.default_model, endpoint=endpoint)
-    try:
-        outcomes = await run_in_threadpool(handle_event, svc, payload, options)
-    except EventError as e:
-        raise APIError(400, str(e), code="invalid_event") from None
-    except SourceUnavailable as e:
-        return error_response(503, str(e), type="server_error", headers={"Retry-After": "5"})
+    outcomes = await run_in_threadpool(handle_event, svc, payload, options)  # JobError: api/errors.py answers
     return {"object": "list", "data": [o.public() for o in outcomes],
             "started": sum(o.status == "started" for o in outcomes)}
 

@@ -1,15 +1,15 @@
 """/v1/files: upload, list, retrieve, download and delete files (tenant-scoped)."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from api.deps import services, tenant
+from api.deps import list_page, services, tenant
 from api.errors import APIError, not_found
 from jobs.services import Services
-from jobs.storage import NotFound
+from jobs.store.storage import NotFound
 
 router = APIRouter(prefix="/v1/files")
 Svc = Annotated[Services, Depends(services)]
@@ -36,11 +36,10 @@ def _measure(file: UploadFile) -> int:
 
 @router.get("")
 def list_files(svc: Svc, owner: Tenant, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
-               after: str | None = None, purpose: str | None = None) -> dict[str, Any]:
-    records, has_more = svc.files.list(owner, after=after, limit=limit, purpose=purpose)
-    data = [r.public() for r in records]
-    return {"object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+               after: str | None = None, purpose: str | None = None,
+               order: Annotated[Literal["asc", "desc"], Query()] = "desc") -> dict[str, Any]:
+    records, has_more = svc.files.list(owner, after=after, limit=limit, purpose=purpose, order=order)
+    return list_page(records, has_more)
 
 
 @router.get("/{file_id}")

@@ -3,11 +3,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
-
-
-class _TooLarge(Exception):
-    pass
+from api.errors import BodyTooLarge, too_large_response
 
 
 class BodySizeLimit:
@@ -30,7 +26,7 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -40,10 +36,9 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
                 await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body larger than {self.max_bytes} bytes", code="file_too_large")
-        await response(scope, receive, send)
+        await too_large_response(self.max_bytes)(scope, receive, send)

@@ -2,16 +2,17 @@
 from engine.config import EngineConfig
 from engine.engine import LLMEngine
 from engine.llm import LLM
-from engine.loop import EngineLoop
+from engine.loop import EngineDeadError, EngineLoop
 from engine.models import CheckpointError
 from engine.outputs import RequestMetrics, RequestOutput, TokenLogprob, TopLogprob
-from engine.sampling import SamplingParams
+from engine.sampling_params import SamplingParams
 from engine.stats import EngineStats
 
 __all__ = [
     "LLM",
     "CheckpointError",
     "EngineConfig",
+    "EngineDeadError",
     "EngineLoop",
     "EngineStats",
     "LLMEngine",

@@ -13,6 +13,7 @@ class _Node:
 class ChoiceTrie:
     def __init__(self, sequences: list[list[int]]) -> None:
         self.root = _Node()
+        self.depth = max((len(seq) for seq in sequences), default=0)  # tokens in the longest choice
         for seq in sequences:
             node = self.root
             for token in seq:

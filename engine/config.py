@@ -5,13 +5,16 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.dispatch import check_choice as check_kernels
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class EngineConfig:
     model: str
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (the checkpoint's dtype; float32 on CPU for half dtypes)
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (see engine.dtypes.resolve_dtype: on CPU bfloat16 where
+    # the CPU computes it natively (AVX512-BF16/AMX), float32 elsewhere; on GPU the checkpoint's dtype)
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     block_size: int = 16
     num_kv_blocks: int | None = None  # the KV pool's size in blocks; None: derived from the memory budget
@@ -24,6 +27,7 @@ class EngineConfig:
     served_model_name: str | None = None
     seed: int = 0  # for unseeded sampled requests
     enable_cuda_graphs: bool = True  # decode steps on GPU only
+    kernels: str = "auto"  # torch | triton | auto (Triton on CUDA when it imports); see kernels.dispatch
 
     def __post_init__(self) -> None:
         if self.dtype not in (*DTYPES, "auto"):
@@ -36,6 +40,7 @@ class EngineConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        check_kernels(self.kernels)
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

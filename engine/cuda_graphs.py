@@ -3,8 +3,9 @@
 A decode step of a small model is dominated by kernel-launch overhead; replaying a captured graph
 removes it. Batches are padded up to the next captured size. Padding rows attend a one-token
 context in a scratch block that no request owns, so they never touch live KV.
-Only used on CUDA with the Triton kernels, whose launches depend on no per-step host values
-(the attention kernel is captured with the largest context, so its grid covers any step).
+Only used on CUDA with a kernel backend that declares ``supports_cuda_graphs`` (Triton: its launches
+depend on no per-step host values; the attention kernel is captured with the largest context, so its
+grid covers any step). The runner owns it, with the KV cache and the scratch block.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from engine.config import EngineConfig
 from engine.engine import LLMEngine
 from engine.inputs import Prompt
 from engine.outputs import RequestOutput
-from engine.sampling import SamplingParams
+from engine.sampling_params import SamplingParams
 
 
 class LLM:

@@ -2,23 +2,35 @@
 
 This is what a service worker keeps alive for hours: requests from many shard tasks share one
 continuously batched engine, and each caller gets a Future that resolves when its request finishes.
+
+``submit`` prepares a request (chat template, tokenization, checks) on the caller's thread, so a
+huge or malformed prompt costs its own caller time, never the engine thread's. The engine thread
+only admits prepared requests and steps. Every operation it applies is guarded: a failure fails
+that request alone. Should the thread itself die, it records why (``fatal_error``), fails every
+pending future with ``EngineDeadError``, refuses new work, and ``is_alive()`` turns False so the
+worker can exit and health checks can say why.
 """
 from __future__ import annotations
 
 import threading
 import uuid
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 import structlog
 
 from engine.engine import LLMEngine
 from engine.inputs import Prompt
 from engine.outputs import RequestOutput
-from engine.sampling import SamplingParams
+from engine.request import Request
+from engine.sampling_params import SamplingParams
 from engine.stats import EngineStats
 
 log = structlog.get_logger("pagebatch.engine")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop's thread died; the message says why. Nothing submitted to it will run."""
 
 
 class EngineLoop:
@@ -27,9 +39,10 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._engine_lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._pending: deque[tuple] = deque()
+        self._pending: deque[tuple[str, Request | str]] = deque()  # ("add", request) or ("abort", request id)
         self._futures: dict[str, Future[RequestOutput]] = {}
         self._closed = False
+        self._fatal: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pagebatch-engine", daemon=True)
         self._thread.start()
 
@@ -37,18 +50,40 @@ class EngineLoop:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """Why the engine thread died; None while it runs (or after a clean close)."""
+        return self._fatal
+
+    def is_alive(self) -> bool:
+        """True while the engine thread runs and has not failed; False once it died or was closed."""
+        return self._fatal is None and self._thread.is_alive()
+
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> Future[RequestOutput]:
+        """Prepare the request on this thread and queue it; the Future resolves with its output (an error
+        output if it cannot run), or raises EngineDeadError if the engine thread dies first."""
         request_id = request_id or uuid.uuid4().hex
+        with self._lock:
+            self._check_open(request_id)
+        prepared = self.engine.prepare_request(prompt, params, request_id)
         future: Future[RequestOutput] = Future()
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the engine loop is closed")
-            if request_id in self._futures:
-                raise ValueError(f"request id {request_id!r} is already in flight")
+            self._check_open(request_id)
+            if isinstance(prepared, RequestOutput):  # rejected: it never reaches the engine thread
+                future.set_result(prepared)
+                return future
             self._futures[request_id] = future
-            self._pending.append(("add", request_id, prompt, params))
+            self._pending.append(("add", prepared))
         self._wakeup.set()
         return future
+
+    def _check_open(self, request_id: str) -> None:
+        if self._fatal is not None:
+            raise EngineDeadError(f"the engine loop died: {self._fatal!r}") from self._fatal
+        if self._closed:
+            raise RuntimeError("the engine loop is closed")
+        if request_id in self._futures:
+            raise ValueError(f"request id {request_id!r} is already in flight")
 
     def abort(self, request_id: str) -> None:
         with self._lock:
@@ -66,39 +101,48 @@ class EngineLoop:
         self._wakeup.set()
         self._thread.join(timeout)
 
+    # -- the engine thread -------------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            self._wakeup.clear()
-            with self._lock:
-                ops = list(self._pending)
-                self._pending.clear()
-                closed = self._closed
-            with self._engine_lock:
-                finished = self._apply(ops)
-                if self.engine.has_unfinished_requests():
-                    finished += self._step()
-            self._resolve(finished)
-            if closed and not self.engine.has_unfinished_requests():
-                return
-            if not self.engine.has_unfinished_requests():
-                self._wakeup.wait()
+        try:
+            while True:
+                self._wakeup.clear()
+                with self._lock:
+                    ops = list(self._pending)
+                    self._pending.clear()
+                    closed = self._closed
+                with self._engine_lock:
+                    finished = self._apply(ops)
+                    if self.engine.has_unfinished_requests():
+                        finished += self._step()
+                    busy = self.engine.has_unfinished_requests()
+                self._resolve(finished)
+                if closed and not busy:
+                    return
+                if not busy:
+                    self._wakeup.wait()
+        except BaseException as exc:  # noqa: BLE001 - record it, fail every waiter, never die silently
+            self._die(exc)
 
-    def _apply(self, ops: list[tuple]) -> list[RequestOutput]:
+    def _apply(self, ops: list[tuple[str, Request | str]]) -> list[RequestOutput]:
         finished = []
-        for op in ops:
-            if op[0] == "add":
-                _, request_id, prompt, params = op
-                self.engine.add_request(prompt, params, request_id=request_id)
-            else:
-                out = self.engine.abort_request(op[1])
-                if out is not None:
-                    finished.append(out)
+        for kind, item in ops:
+            request_id = item.request_id if isinstance(item, Request) else item
+            try:
+                if kind == "add":
+                    self.engine.admit(item)
+                else:
+                    out = self.engine.abort_request(request_id)
+                    if out is not None:
+                        finished.append(out)
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
+                log.exception("engine loop could not apply an operation", op=kind, request_id=request_id)
+                finished.append(self._error_output(request_id, f"internal engine error while handling {kind}: {exc!r}"))
         return finished
 
     def _step(self) -> list[RequestOutput]:
         try:
             return self.engine.step()
-        except Exception as exc:  # noqa: BLE001 - keep serving: fail what was in flight, not the process
+        except Exception as exc:  # noqa: BLE001 - the step isolates bad requests itself; this is a last resort
             log.exception("engine step failed; failing the requests in flight", error=str(exc))
             outs = []
             for request_id in list(self.engine.requests):
@@ -108,9 +152,32 @@ class EngineLoop:
                     outs.append(out)
             return outs
 
+    def _error_output(self, request_id: str, error: str) -> RequestOutput:
+        # Drop what the engine still holds of it, so its blocks are freed; a second failure here is fatal.
+        self.engine.abort_request(request_id)
+        return self.engine.outputs.rejected(request_id, error, "engine_error")
+
     def _resolve(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
             with self._lock:
                 future = self._futures.pop(out.request_id, None)
             if future is not None:
-                future.set_result(out)
+                try:
+                    future.set_result(out)
+                except InvalidStateError:  # the caller cancelled it
+                    pass
+
+    def _die(self, exc: BaseException) -> None:
+        log.critical("the engine loop died; failing every pending request", error=repr(exc), exc_info=exc)
+        with self._lock:
+            self._fatal = exc
+            futures = list(self._futures.values())
+            self._futures.clear()
+            self._pending.clear()
+        error = EngineDeadError(f"the engine loop died: {exc!r}")
+        error.__cause__ = exc
+        for future in futures:
+            try:
+                future.set_exception(error)
+            except InvalidStateError:
+                pass

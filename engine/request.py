@@ -1,4 +1,8 @@
-"""A request's life inside the engine: its tokens, blocks, progress and timings."""
+"""A request's life inside the engine: its tokens, blocks, progress and timings.
+
+The scheduler is the one writer of its progress (status, blocks, computed and generated tokens);
+the request builder sets its sampling state once, before the scheduler sees it.
+"""
 from __future__ import annotations
 
 import enum
@@ -6,8 +10,13 @@ import time
 
 import torch
 
-from engine.outputs import FinishReason, RequestMetrics, TokenLogprob
-from engine.sampling import SamplingParams
+from engine.choices import ChoiceState
+from engine.detokenizer import IncrementalDetokenizer
+from engine.outputs import RequestMetrics
+from engine.sampling_params import SamplingParams
+
+# One generated token's logprob and the top alternatives [(token_id, logprob), ...] at that step.
+SampleLogprobs = tuple[float, list[tuple[int, float]]]
 
 
 class RequestStatus(enum.Enum):
@@ -17,25 +26,32 @@ class RequestStatus(enum.Enum):
 
 
 class Request:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        self.request_id = request_id
-        self.prompt_token_ids = prompt_token_ids
-        self.params = params
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        generator: torch.Generator | None = None,
+        detokenizer: IncrementalDetokenizer | None = None,
+        choice_state: ChoiceState | None = None,
+    ) -> None:
+        self.request_id: str = request_id
+        self.prompt_token_ids: list[int] = prompt_token_ids
+        self.params: SamplingParams = params
         self.token_ids: list[int] = list(prompt_token_ids)  # prompt + generated
-        self.status = RequestStatus.WAITING
+        self.status: RequestStatus = RequestStatus.WAITING
         self.block_table: list[int] = []
         self.block_hashes: list[bytes] = []  # hashes of this request's full blocks, in order
-        self.num_computed_tokens = 0
+        self.num_computed_tokens: int = 0
         self.num_cached_tokens: int | None = None  # prompt tokens served from cache at first admission
-        self.num_preemptions = 0
-        self.finish_reason: FinishReason | None = None
-        self.error: str | None = None
-        self.text = ""
-        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
-        self.generator: torch.Generator | None = None
-        self.metrics = RequestMetrics(arrival_time=time.time())
-        self.detokenizer = None  # set by the engine when text is streamed (stop strings)
-        self.choice_state = None  # set by the engine for requests restricted to choices
+        self.num_preemptions: int = 0
+        # one entry per generated token when params.logprobs is set
+        self.logprobs: list[SampleLogprobs] | None = [] if params.logprobs is not None else None
+        self.generator: torch.Generator | None = generator  # sampled (non-greedy) requests only
+        self.detokenizer: IncrementalDetokenizer | None = detokenizer  # streams text when there are stop strings
+        self.choice_state: ChoiceState | None = choice_state  # restricts the answer to one of params.choices
+        self.metrics: RequestMetrics = RequestMetrics(arrival_time=time.time())
 
     @property
     def num_prompt_tokens(self) -> int:

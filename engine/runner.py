@@ -1,40 +1,77 @@
-"""Packs a scheduled batch into tensors, runs the model over the paged KV cache, returns logits."""
+"""The one owner of the KV cache tensors, the scratch block and the CUDA graphs: packs a scheduled
+batch into tensors, runs the model over the paged KV cache, returns the logits of the sampled rows."""
 from __future__ import annotations
 
+import structlog
 import torch
 
+from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.models import DecoderModel, ModelSpec
-from engine.request import Request
 from engine.scheduler import ScheduledBatch
 from kernels import AttentionMetadata
+
+log = structlog.get_logger("pagebatch.engine")
+
+CPU_KV_CACHE_BYTES = 512 * 2**20
 
 
 def kv_block_bytes(spec: ModelSpec, block_size: int, dtype: torch.dtype) -> int:
     return 2 * spec.num_layers * block_size * spec.num_kv_heads * spec.head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def allocate_kv_cache(
-    spec: ModelSpec, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    # Zeroed, not empty: masked-out slots are multiplied by zero attention weights, and 0 * NaN is NaN.
-    pool = torch.zeros(spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim, dtype=dtype, device=device)
-    return [(pool[i, 0], pool[i, 1]) for i in range(spec.num_layers)]
+def plan_num_kv_blocks(
+    config: EngineConfig, spec: ModelSpec, dtype: torch.dtype, device: torch.device, max_model_len: int
+) -> int:
+    """The KV pool's size in blocks: the configured count, or what the memory budget holds."""
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    per_block = kv_block_bytes(spec, config.block_size, dtype)
+    budget = config.kv_cache_memory
+    if budget is None and device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = int(free - total * (1 - config.gpu_memory_utilization))
+    elif budget is None:
+        needed = config.max_num_seqs * max_model_len * per_block // config.block_size
+        budget = min(CPU_KV_CACHE_BYTES, needed)
+    blocks = budget // per_block
+    if blocks < 1:
+        raise ValueError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes; raise kv_cache_memory")
+    return int(blocks)
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderModel, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], block_size: int) -> None:
+    def __init__(self, model: DecoderModel, num_blocks: int, block_size: int) -> None:
         self.model = model
-        self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = model.device
+        spec = model.spec
+        # Blocks 0..num_blocks-1 are the block manager's; one more, that no request owns, is the
+        # scratch block padded CUDA-graph rows write to. Zeroed, not empty: masked-out slots are
+        # multiplied by zero attention weights, and 0 * NaN is NaN.
+        pool = torch.zeros(spec.num_layers, 2, num_blocks + 1, block_size, spec.num_kv_heads, spec.head_dim,
+                           dtype=model.dtype, device=self.device)
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = [(pool[i, 0], pool[i, 1]) for i in range(spec.num_layers)]
+        self.scratch_block = num_blocks
         self.decode_graphs: DecodeGraphs | None = None
 
-    def use_decode_graphs(self, max_num_seqs: int, max_model_len: int, scratch_block: int, capture: bool = True) -> None:
-        self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_num_seqs, max_model_len, scratch_block, capture)
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture decode steps where the device and the kernel backend allow it; a failure costs speed, not service."""
+        if self.device.type != "cuda" or not self.model.kernels.supports_cuda_graphs:
+            return
+        try:
+            self.use_decode_graphs(max_num_seqs, max_model_len)
+        except RuntimeError as exc:  # a driver or capture problem
+            self.decode_graphs = None
+            log.warning("CUDA graph capture failed; decode steps run eagerly", error=str(exc))
 
-    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request]]:
-        """Run one step; returns logits for the requests that complete a token this step, and those requests."""
+    def use_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool = True) -> None:
+        """Run decode-only steps through padded, graph-shaped inputs (``capture=False``: eagerly, to test the padding)."""
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_num_seqs, max_model_len,
+                                          self.scratch_block, capture)
+
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor | None:
+        """Run one step; returns the logits of the batch's sampled requests (``batch.sample``), in order."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -42,8 +79,7 @@ class ModelRunner:
         query_lens: list[int] = []
         context_lens: list[int] = []
         logits_rows: list[int] = []
-        sampled: list[Request] = []
-        for req, num_new in zip(batch.requests, batch.num_new_tokens):
+        for req, num_new, samples in zip(batch.requests, batch.num_new_tokens, batch.sample):
             start = req.num_computed_tokens
             end = start + num_new
             input_ids.extend(req.token_ids[start:end])
@@ -52,13 +88,12 @@ class ModelRunner:
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(num_new)
             context_lens.append(end)
-            if end == req.num_tokens:
+            if samples:
                 logits_rows.append(len(input_ids) - 1)
-                sampled.append(req)
         graphs = self.decode_graphs
-        if graphs is not None and len(sampled) == len(query_lens) == len(input_ids) and graphs.padded_size(len(input_ids)):
+        if graphs is not None and len(logits_rows) == len(query_lens) == len(input_ids) and graphs.padded_size(len(input_ids)):
             tables = [r.block_table for r in batch.requests]
-            return graphs.run(input_ids, positions, slots, tables, context_lens), sampled
+            return graphs.run(input_ids, positions, slots, tables, context_lens)
         max_blocks = max(len(r.block_table) for r in batch.requests)
         tables = [r.block_table + [0] * (max_blocks - len(r.block_table)) for r in batch.requests]
         cu = [0]
@@ -82,4 +117,4 @@ class ModelRunner:
             self.kv_caches,
             torch.tensor(logits_rows, dtype=torch.int64, device=dev),
         )
-        return (logits if sampled else None), sampled
+        return logits if logits_rows else None

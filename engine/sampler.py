@@ -1,18 +1,23 @@
-"""Turns each sampled row's logits into its next token, per-request parameters and generators."""
+"""Turns each sampled row's logits into its next token, per-request parameters and generators.
+
+Rows are independent: a row's token depends only on its logits, its request's parameters and its
+own generator, so the engine can re-sample row by row to find a request that makes a batch fail.
+The random noise is drawn last, after everything that could raise, so a failed batch has consumed
+no generator state and the row-by-row retry samples what the batch would have.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from engine.request import Request
+from engine.request import Request, SampleLogprobs
 
 
 @dataclass
-class SampleResult:
-    token_ids: list[int]
-    # per row: (logprob of the chosen token, [(token_id, logprob), ...] top alternatives) or None
-    logprobs: list[tuple[float, list[tuple[int, float]]] | None]
+class SampledToken:
+    token_id: int
+    logprobs: SampleLogprobs | None  # when the request asked for logprobs
 
 
 def apply_allowed_tokens(logits: torch.Tensor, allowed: list[list[int] | None]) -> torch.Tensor:
@@ -28,7 +33,7 @@ def apply_allowed_tokens(logits: torch.Tensor, allowed: list[list[int] | None]) 
     return logits.masked_fill(~mask, float("-inf"))
 
 
-def sample(logits: torch.Tensor, requests: list[Request], allowed: list[list[int] | None] | None = None) -> SampleResult:
+def sample(logits: torch.Tensor, requests: list[Request], allowed: list[list[int] | None] | None = None) -> list[SampledToken]:
     """logits: [N, V] float32, row i for requests[i]. Logprobs are reported from the model's raw distribution."""
     raw_logprobs = None
     want = [r.params.logprobs for r in requests]
@@ -42,15 +47,16 @@ def sample(logits: torch.Tensor, requests: list[Request], allowed: list[list[int
         chosen = logits.argmax(dim=-1)
     else:
         chosen = _sample_stochastic(logits, requests, greedy)
-    token_ids = chosen.tolist()
-    return SampleResult(token_ids, _gather_logprobs(raw_logprobs, chosen, want))
+    logprobs = _gather_logprobs(raw_logprobs, chosen, want)
+    return [SampledToken(token, lp) for token, lp in zip(chosen.tolist(), logprobs)]
 
 
 def _sample_stochastic(logits: torch.Tensor, requests: list[Request], greedy: list[bool]) -> torch.Tensor:
     device = logits.device
     temps = torch.tensor([1.0 if g else r.params.temperature for r, g in zip(requests, greedy)], device=device)
     probs = torch.softmax(logits / temps[:, None], dim=-1)
-    top_k = [r.params.top_k if r.params.top_k > 0 else 0 for r in requests]
+    vocab = logits.shape[1]
+    top_k = [min(r.params.top_k, vocab) if r.params.top_k > 0 else 0 for r in requests]
     top_p = [r.params.top_p for r in requests]
     if any(top_k) or any(p < 1.0 for p in top_p):
         probs = _filter_top_k_top_p(probs, top_k, top_p)
@@ -75,17 +81,15 @@ def _filter_top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float
     return filtered.scatter_(1, order, sorted_probs * keep)
 
 
-def _gather_logprobs(
-    raw: torch.Tensor | None, chosen: torch.Tensor, want: list[int | None]
-) -> list[tuple[float, list[tuple[int, float]]] | None]:
+def _gather_logprobs(raw: torch.Tensor | None, chosen: torch.Tensor, want: list[int | None]) -> list[SampleLogprobs | None]:
     if raw is None:
         return [None] * len(want)
     chosen_lp = raw.gather(1, chosen[:, None]).squeeze(1).tolist()
-    k = max(w or 0 for w in want)
+    k = min(max(w or 0 for w in want), raw.shape[1])
     top_vals, top_ids = (raw.topk(k, dim=-1) if k else (None, None))
     top_vals = top_vals.tolist() if k else None
     top_ids = top_ids.tolist() if k else None
-    out: list[tuple[float, list[tuple[int, float]]] | None] = []
+    out: list[SampleLogprobs | None] = []
     for row, w in enumerate(want):
         if w is None:
             out.append(None)

@@ -1,49 +1,98 @@
-"""Decides, each step, which requests run and how many of their tokens.
+"""The one owner of request progress: which requests run each step, how many of their tokens, what
+they have computed and generated, and when they finish. It alone drives the block manager.
 
 One token budget per step. Running requests go first (decodes and unfinished prefill chunks, in
 admission order), then waiting ones. Long prompts are prefilled in chunks. When the pool runs
 out of blocks the newest running request is preempted: its blocks are released (their full
 blocks stay in the prefix cache) and it is recomputed later from its prompt and the tokens it
-had generated.
+had generated. After the step, ``update`` records what was computed and sampled.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from engine.kv_cache import BlockManager
+from engine.block_manager import BlockManager
+from engine.outputs import FinishReason
 from engine.request import Request, RequestStatus
+from engine.sampler import SampledToken
+from engine.stopping import stop_reason
 
 
 @dataclass
 class ScheduledBatch:
     requests: list[Request] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    # per request: this step reaches the end of its known tokens, so its next token is sampled
+    # (False for every chunk of a chunked prefill but the last)
+    sample: list[bool] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    num_prompt_tokens: int = 0  # tokens computed as prefill (prompts, and the output of recomputed requests)
+    num_cached_tokens: int = 0  # prefix-cache hits of the requests admitted for the first time
+
+    def add(self, req: Request, num_new: int) -> None:
+        self.requests.append(req)
+        self.num_new_tokens.append(num_new)
+        self.sample.append(req.num_computed_tokens + num_new == req.num_tokens)
+        if num_new != 1 or req.num_computed_tokens < req.num_prompt_tokens:
+            self.num_prompt_tokens += num_new
 
     @property
     def total_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
+    @property
+    def sampled_requests(self) -> list[Request]:
+        return [r for r, s in zip(self.requests, self.sample) if s]
+
+    def subset(self, indices: Iterable[int]) -> ScheduledBatch:
+        """The same step for some of its requests (to re-run a forward pass without the others)."""
+        part = ScheduledBatch()
+        for i in indices:
+            part.requests.append(self.requests[i])
+            part.num_new_tokens.append(self.num_new_tokens[i])
+            part.sample.append(self.sample[i])
+        return part
+
     def __bool__(self) -> bool:
         return bool(self.requests)
 
 
+@dataclass
+class FinishedRequest:
+    request: Request
+    reason: FinishReason
+    error: str | None = None
+    error_code: str | None = None  # see RequestOutput.error_code
+
+
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+        eos_token_ids: set[int] | frozenset[int] = frozenset(), max_model_len: int | None = None,
+    ) -> None:
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = max_model_len
+        self.requests: dict[str, Request] = {}  # every unfinished request, by id
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
 
     def add(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id!r} is already in use")
+        self.requests[req.request_id] = req
         self.waiting.append(req)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    # -- before the step ----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
@@ -58,8 +107,7 @@ class Scheduler:
                 batch.preempted.append(self._preempt(self.running.pop()))
                 break
             self.blocks.grow(req, target)
-            batch.requests.append(req)
-            batch.num_new_tokens.append(num_new)
+            batch.add(req, num_new)
             budget -= num_new
             i += 1
         if batch.preempted:
@@ -74,12 +122,13 @@ class Scheduler:
             self.waiting.popleft()
             self.blocks.admit(req, hits, num_cached + num_new)
             req.num_computed_tokens = num_cached
-            if req.num_cached_tokens is None:
+            if req.num_cached_tokens is None:  # first admission
                 req.num_cached_tokens = min(num_cached, req.num_prompt_tokens)
+                req.metrics.first_scheduled_time = time.time()
+                batch.num_cached_tokens += req.num_cached_tokens
             req.status = RequestStatus.RUNNING
             self.running.append(req)
-            batch.requests.append(req)
-            batch.num_new_tokens.append(num_new)
+            batch.add(req, num_new)
             budget -= num_new
         return batch
 
@@ -92,14 +141,55 @@ class Scheduler:
         self.num_preemptions += 1
         return req
 
-    def finish(self, req: Request) -> None:
-        """Remove a finished or aborted request wherever it is and release its blocks."""
+    # -- after the step -----------------------------------------------------------------------------
+    def update(
+        self, batch: ScheduledBatch, sampled: dict[str, SampledToken], failed: dict[str, str] | None = None
+    ) -> list[FinishedRequest]:
+        """Record the step: the batch's tokens are computed, ``sampled`` tokens are appended (by request id),
+        ``failed`` requests (id -> what went wrong) finish with an error. Returns the requests that finished."""
+        failed = failed or {}
+        for req, num_new in zip(batch.requests, batch.num_new_tokens):
+            if req.request_id not in failed:
+                req.num_computed_tokens += num_new
+                self.blocks.commit(req)
+        finished = []
+        for req, samples in zip(batch.requests, batch.sample):
+            token = sampled.get(req.request_id)
+            if req.request_id in failed or (samples and token is None):
+                error = failed.get(req.request_id, "no token was sampled for this request")
+                finished.append(self.finish(req, "error", error, "engine_error"))
+            elif token is not None:
+                try:
+                    reason = self._append(req, token)
+                except Exception as exc:  # noqa: BLE001 - one request's bad state fails it alone
+                    finished.append(self.finish(req, "error", f"the engine failed on this request: {exc!r}", "engine_error"))
+                    continue
+                if reason is not None:
+                    finished.append(self.finish(req, reason))
+        return finished
+
+    def _append(self, req: Request, token: SampledToken) -> FinishReason | None:
+        req.token_ids.append(token.token_id)
+        if req.metrics.first_token_time is None:
+            req.metrics.first_token_time = time.time()
+        if token.logprobs is not None and req.logprobs is not None:
+            req.logprobs.append(token.logprobs)
+        return stop_reason(req, token.token_id, self.eos_token_ids, self.max_model_len)
+
+    def abort(self, request_id: str) -> FinishedRequest | None:
+        req = self.requests.get(request_id)
+        return None if req is None else self.finish(req, "abort")
+
+    def finish(
+        self, req: Request, reason: FinishReason = "abort", error: str | None = None, error_code: str | None = None
+    ) -> FinishedRequest:
+        """Remove a finished, failed or aborted request wherever it is and release its blocks."""
         if req.status is RequestStatus.RUNNING:
             self.running.remove(req)
         elif req.status is RequestStatus.WAITING:
             self.waiting.remove(req)
         self.blocks.release(req)
         req.status = RequestStatus.FINISHED
-
-    def live_requests(self) -> list[Request]:
-        return [*self.running, *self.waiting]
+        req.metrics.finished_time = time.time()
+        self.requests.pop(req.request_id, None)
+        return FinishedRequest(req, reason, error, error_code)

@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from jobs.celery_app import Dispatcher, create_celery
-from jobs.files import FileStore
 from jobs.settings import Settings
-from jobs.state import BatchState, connect
-from jobs.storage import Storage, open_storage
+from jobs.store import layout
+from jobs.store.files import FileStore
+from jobs.store.queues import Dispatcher, create_celery
+from jobs.store.registry import live_workers
+from jobs.store.state import BatchState, connect
+from jobs.store.storage import Storage, open_storage
+
+
+@dataclass
+class Health:
+    ok: bool
+    checks: dict[str, Any]
 
 
 @dataclass
@@ -30,6 +39,22 @@ class Services:
             storage=storage,
             redis=client,
             state=BatchState(client, storage, settings.state_ttl_s),
-            files=FileStore(storage),
-            dispatch=Dispatcher(create_celery(settings)),
+            files=FileStore(storage, client),
+            dispatch=Dispatcher(create_celery(settings), client, settings),
         )
+
+    def health(self) -> Health:
+        """Whether Redis and storage answer, and which workers are alive (for probes: never raises)."""
+        checks: dict[str, Any] = {}
+        try:
+            self.redis.ping()
+            checks["redis"] = "ok"
+            checks["workers"] = live_workers(self.redis)
+        except Exception as e:
+            checks["redis"] = f"error: {type(e).__name__}"
+        try:
+            self.storage.list(layout.ACTIVE_PREFIX, limit=1)
+            checks["storage"] = "ok"
+        except Exception as e:
+            checks["storage"] = f"error: {type(e).__name__}"
+        return Health(checks["redis"] == "ok" and checks["storage"] == "ok", checks)

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # worker. Running tasks renew their lease, so this bounds recovery time, not task duration.
     visibility_timeout: int = Field(300, ge=3)
     max_shard_attempts: int = Field(3, ge=1)
+    # Fair share: shards of one model in flight (queued in the broker or running) at once; the rest wait
+    # in Redis and are released round-robin between tenants. About the model's workers x --concurrency.
+    dispatch_window: int = Field(8, ge=1)
+    # Lines of one tenant in flight per model at once (0: no cap); a tenant always gets at least one shard.
+    tenant_max_lines_in_flight: int = Field(0, ge=0)
 
     max_upload_bytes: int = Field(200 * MiB, ge=1)
     max_batch_bytes: int = Field(200 * MiB, ge=1)
@@ -54,6 +59,14 @@ class Settings(BaseSettings):
     # batch only for a bucket its caller's tenant owns, so no tenant can make the server read another's bucket.
     inbox_buckets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
+    # GET /metrics answers only "Authorization: Bearer <token>" when set (it shows model names and queue depths).
+    metrics_token: str | None = Field(None, min_length=16)
+    # Serve /docs and /openapi.json (the interactive API description); off hides them.
+    api_docs: bool = True
+
+    # Which kernels the engine runs: torch (the references), triton, or auto (Triton on CUDA).
+    kernels: str = Field("auto", pattern="^(auto|torch|triton)$")
+
     log_level: str = "INFO"
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     # How often each worker publishes its engine stats and request latencies to Redis for /metrics.
@@ -62,7 +75,7 @@ class Settings(BaseSettings):
     # (off by default: they cost a Redis publish per task state change).
     task_events: bool = False
 
-    @field_validator("default_model", mode="before")
+    @field_validator("default_model", "metrics_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -1,12 +1,12 @@
-"""The one place that decides which implementation of each hot-path op runs.
+"""The one place that decides which implementation of each hot-path op runs, and what it supports.
 
-``PAGEBATCH_KERNELS`` forces a backend: ``torch`` (the references), ``triton`` (the Triton
-kernels; on CPU that needs ``TRITON_INTERPRET=1``), or ``auto`` (default: Triton for CUDA
-tensors when Triton imports, torch otherwise).
+The caller names the choice (the engine passes ``EngineConfig.kernels``; nothing here reads the
+environment): ``torch`` (the references), ``triton`` (the Triton kernels; on CPU that needs
+``TRITON_INTERPRET=1``), or ``auto`` (Triton for CUDA tensors when Triton imports, torch otherwise).
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 
@@ -15,30 +15,47 @@ from kernels import reference
 BACKENDS = ("auto", "torch", "triton")
 
 
-def requested_backend() -> str:
-    value = os.environ.get("PAGEBATCH_KERNELS", "auto").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"PAGEBATCH_KERNELS must be one of {', '.join(BACKENDS)}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class KernelBackend:
+    """A set of ops (a module with the function names of ``kernels.reference``) and what it can do."""
+
+    name: str  # torch | triton
+    ops: ModuleType
+    # Its launches read no per-step host values, so a decode step can be captured in a CUDA graph and replayed.
+    supports_cuda_graphs: bool
+
+
+TORCH = KernelBackend("torch", reference, supports_cuda_graphs=False)
+
+
+def check_choice(choice: str) -> str:
+    if choice not in BACKENDS:
+        raise ValueError(f"kernels must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    return choice
 
 
 @lru_cache(maxsize=1)
-def _triton_ops() -> ModuleType | None:
+def _triton_backend() -> KernelBackend | None:
     try:
         from kernels import triton_ops
     except ImportError:
         return None
-    return triton_ops
+    return KernelBackend("triton", triton_ops, supports_cuda_graphs=True)
 
 
-def backend_for(device_type: str) -> ModuleType:
-    """The module of ops (same function names as ``kernels.reference``) to use on this device."""
-    choice = requested_backend()
+def select_backend(choice: str, device_type: str) -> KernelBackend:
+    """The backend to run on this device type ('cpu', 'cuda', ...) for a choice among ``BACKENDS``."""
+    check_choice(choice)
     if choice == "torch" or (choice == "auto" and device_type != "cuda"):
-        return reference  # without importing Triton: its import fixes TRITON_INTERPRET for the process
-    triton = _triton_ops()
+        return TORCH  # without importing Triton: its import fixes TRITON_INTERPRET for the process
+    triton = _triton_backend()
     if choice == "triton":
         if triton is None:
-            raise RuntimeError("PAGEBATCH_KERNELS=triton but the Triton kernels could not be imported: pip install triton")
+            raise RuntimeError("kernels='triton' but the Triton kernels could not be imported: pip install triton")
         return triton
-    return triton if (triton is not None and device_type == "cuda") else reference
+    return triton if triton is not None else TORCH
+
+
+def backend_for(device_type: str, choice: str = "auto") -> ModuleType:
+    """The module of ops ``select_backend`` picks."""
+    return select_backend(choice, device_type).ops

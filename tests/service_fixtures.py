@@ -49,11 +49,12 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
 
 
 class RedisServer:
-    """A throwaway redis-server without persistence (a restart loses everything, on purpose)."""
+    """A throwaway redis-server; without ``appendonly`` a restart loses everything, on purpose."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.appendonly = appendonly
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -63,7 +64,8 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
              "--dir", str(self.workdir), "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -77,9 +79,17 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
-    def restart(self, down_s: float = 0.5) -> None:
-        self.stop()
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; only what the AOF already holds survives."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self, down_s: float = 0.5, *, kill: bool = False, wipe: bool = False) -> None:
+        self.kill() if kill else self.stop()
         time.sleep(down_s)
+        if wipe:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         self.start()
 
 
@@ -113,7 +123,7 @@ class Process:
 
     def start(self) -> "Process":
         exe = shutil.which("pagebatch")
-        cmd = [exe] if exe else [sys.executable, "-m", "jobs.cli"]
+        cmd = [exe] if exe else [sys.executable, "-m", "jobs.commands.cli"]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd + self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
@@ -254,8 +264,8 @@ def make_stack(tmp_path, moto_s3, tiny_model):
     """A fresh stack (own redis-server, own bucket) for tests that break things."""
     made: list[tuple[Stack, RedisServer]] = []
 
-    def make(**overrides: str) -> Stack:
-        server = RedisServer(tmp_path / f"redis-{len(made)}").start()
+    def make(appendonly: bool = False, **overrides: str) -> Stack:
+        server = RedisServer(tmp_path / f"redis-{len(made)}", appendonly).start()
         env = stack_env(server, moto_s3, moto_s3.new_bucket(), **overrides)
         stack = Stack(server, env, tiny_model, tmp_path / f"logs-{len(made)}")
         made.append((stack, server))
@@ -277,7 +287,9 @@ def stack(tmp_path_factory, moto_s3, tiny_model) -> Iterator[Stack]:
     shared = Stack(server, env, tiny_model, root / "logs")
     try:
         shared.start_api()
-        shared.start_worker()
+        # float32: tests on this stack compare the service's logprobs with an in-process float32 engine
+        # (make_stack's stacks run the default dtype, bfloat16 on CPUs that compute it natively).
+        shared.start_worker("--dtype", "float32")
         yield shared
     finally:
         shared.stop()

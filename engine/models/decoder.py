@@ -1,7 +1,7 @@
 """One Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) over a packed varlen batch.
 
 Tokens of all scheduled requests are packed along one dimension; attention reads each request's
-context from the paged KV cache through kernels chosen by ``kernels.backend_for``.
+context from the paged KV cache through the ops of a ``kernels.KernelBackend`` (``use_kernels``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.models.spec import ModelSpec
-from kernels import AttentionMetadata, backend_for
+from kernels import AttentionMetadata, KernelBackend, select_backend
 
 
 @dataclass
@@ -33,7 +33,7 @@ class LayerWeights:
 class DecoderModel:
     def __init__(
         self, spec: ModelSpec, embed: torch.Tensor, layers: list[LayerWeights], norm: torch.Tensor, lm_head: torch.Tensor,
-        max_positions: int,
+        max_positions: int, kernels: KernelBackend | None = None,
     ) -> None:
         self.spec = spec
         self.embed = embed
@@ -42,12 +42,16 @@ class DecoderModel:
         self.lm_head = lm_head
         self.device = embed.device
         self.dtype = embed.dtype
-        self.ops = backend_for(self.device.type)
+        self.use_kernels(kernels or select_backend("auto", self.device.type))
         self.scale = spec.head_dim**-0.5
         freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * spec.inv_freq[None, :]
         self.cos_sin_cache = torch.cat(
             (freqs.cos() * spec.rope_attention_scaling, freqs.sin() * spec.rope_attention_scaling), dim=-1
         ).to(self.device)
+
+    def use_kernels(self, kernels: KernelBackend) -> None:
+        self.kernels = kernels
+        self.ops = kernels.ops
 
     @torch.inference_mode()
     def forward(

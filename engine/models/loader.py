@@ -1,4 +1,4 @@
-"""Loads a Hugging Face checkpoint directory (config.json + *.safetensors) into a DecoderModel."""
+"""Loads a Hugging Face checkpoint directory (config.json + *.safetensors), or a GGUF file converted into one, into a DecoderModel."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,19 @@ from engine.models.decoder import DecoderModel, LayerWeights
 from engine.models.spec import CheckpointError, ModelSpec
 
 
-def resolve_checkpoint(model: str) -> Path:
-    """A local directory as is; anything else is tried as a Hugging Face hub id (needs the network)."""
+def resolve_checkpoint(model: str, cache_dir: str | Path | None = None) -> Path:
+    """A local directory as is; a .gguf file converted (once, cached) into a checkpoint directory under
+    cache_dir (default ~/.cache/pagebatch/gguf, see engine.models.gguf); anything else is tried as a
+    Hugging Face hub id (needs the network)."""
+    from engine.models.gguf import convert_gguf, is_gguf
+
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if is_gguf(path):
+        return convert_gguf(path, cache_dir)
     if path.exists():
-        raise CheckpointError(f"{model} is a file; pass the checkpoint directory that holds config.json")
+        raise CheckpointError(f"{model} is a file; pass the checkpoint directory that holds config.json, or a .gguf file")
     try:
         from huggingface_hub import snapshot_download
 

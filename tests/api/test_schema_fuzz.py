@@ -6,7 +6,7 @@ from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
 from jobs.settings import Settings
-from jobs.storage import bucket_storage
+from jobs.store.storage import bucket_storage
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 

@@ -84,7 +84,7 @@ def test_padded_decode_path_matches_unpadded(checkpoint_dir):
     plain = LLM(checkpoint_dir("llama"), dtype="float32", device="cpu").generate(prompts, params)
     padded = LLM(checkpoint_dir("llama"), dtype="float32", device="cpu", max_num_seqs=16)
     engine = padded.engine
-    engine.runner.use_decode_graphs(16, engine.max_model_len, scratch_block=engine.num_blocks, capture=False)
+    engine.runner.use_decode_graphs(16, engine.max_model_len, capture=False)
     assert [o.token_ids for o in padded.generate(prompts, params)] == [o.token_ids for o in plain]
     graphs = engine.runner.decode_graphs
     assert graphs.context_lens[:11].min() > 1, "decode steps must have gone through the padded path"

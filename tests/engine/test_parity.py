@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
+from tests.engine.pool_checks import check_invariants
 from tests.engine.parity import NEAR_TIE, compare_greedy, mixed_prompts, transformers_greedy
 
 MAX_NEW = 10
@@ -42,7 +43,7 @@ def test_greedy_matches_transformers(references, variant, config):
         assert llm.engine.scheduler.num_preemptions > 0, "the small pool was meant to force preemption"
     if config == "chunked-prefill":
         assert max(len(p) for p in prompts) > CONFIGS[config]["max_num_batched_tokens"]
-    llm.engine.blocks.check_invariants([])
+    check_invariants(llm.engine.blocks, [])
     assert llm.engine.blocks.num_free_blocks == llm.engine.num_blocks
 
 

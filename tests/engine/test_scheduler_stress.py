@@ -3,10 +3,11 @@ import random
 
 import pytest
 
-from engine.kv_cache import BlockManager
+from engine.block_manager import BlockManager
 from engine.request import Request
-from engine.sampling import SamplingParams
+from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+from tests.engine.pool_checks import check_invariants
 
 
 def _simulate(seed: int, steps: int, num_blocks: int, prefix_caching: bool) -> dict:
@@ -51,10 +52,10 @@ def _simulate(seed: int, steps: int, num_blocks: int, prefix_caching: bool) -> d
         assert sum(batch.num_new_tokens) <= 40 and len(sched.running) <= 12
         if sched.has_work():
             assert batch, "the scheduler stalled with work queued"
-        blocks.check_invariants(sched.live_requests())
+        check_invariants(blocks, list(sched.requests.values()))
     assert not live and not sched.has_work(), "requests were left behind: the scheduler livelocked"
     assert len(finished) == submitted
-    blocks.check_invariants([])
+    check_invariants(blocks, [])
     assert blocks.num_free_blocks == num_blocks
     return stats
 
@@ -81,7 +82,7 @@ def test_shared_prefix_blocks_are_ref_counted_and_evicted_lru():
     assert [blocks.ref_counts[x] for x in hits] == [2, 2]
     blocks.release(a)
     blocks.release(b)
-    blocks.check_invariants([])
+    check_invariants(blocks, [])
     assert blocks.num_cached_free_blocks == 2  # [1,2] and [3,4]; partial blocks are not cached
     c = Request("c", [7, 7, 7, 7, 7, 7, 7, 7, 7, 7], SamplingParams())
     blocks.admit(c, blocks.match_prefix(c), 10)  # needs 5 of the 6 blocks: uncached ones go first
@@ -98,3 +99,35 @@ def test_fully_cached_prompt_still_computes_its_last_token():
     blocks.commit(a)
     same = Request("b", [1, 2, 3, 4], SamplingParams())
     assert len(blocks.match_prefix(same)) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_update_owns_progress_and_frees_finished_and_failed_requests(seed):
+    """The engine's path: schedule -> (tokens for the sampled rows) -> update; some rows fail."""
+    from engine.sampler import SampledToken
+
+    rng = random.Random(seed)
+    blocks = BlockManager(24, block_size=4)
+    sched = Scheduler(blocks, max_num_seqs=12, max_num_batched_tokens=40, eos_token_ids={0}, max_model_len=64)
+    submitted, reasons = 0, []
+    for step in range(3000):
+        if step < 2000 and rng.random() < 0.25:
+            prompt = [rng.randrange(1, 50) for _ in range(rng.randint(1, 40))]
+            sched.add(Request(f"r{submitted}", prompt, SamplingParams(max_tokens=rng.randint(1, 30))))
+            submitted += 1
+        if not sched.has_work():
+            continue
+        batch = sched.schedule()
+        assert all(s == (r.num_computed_tokens + n == r.num_tokens)
+                   for r, n, s in zip(batch.requests, batch.num_new_tokens, batch.sample))
+        failed = {r.request_id: "boom" for r in batch.requests if rng.random() < 0.01}
+        tokens = {r.request_id: SampledToken(rng.randrange(50), None) for r in batch.sampled_requests}
+        for done in sched.update(batch, tokens, failed):
+            reasons.append(done.reason)
+            assert done.request.block_table == [] and done.request.request_id not in sched.requests
+            assert (done.reason == "error") == (done.request.request_id in failed)
+        check_invariants(blocks, list(sched.requests.values()))
+    assert not sched.has_work() and len(reasons) == submitted
+    assert {"stop", "length", "error"} <= set(reasons)
+    check_invariants(blocks, [])
+    assert blocks.num_free_blocks == 24

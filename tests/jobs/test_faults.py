@@ -3,6 +3,7 @@ import time
 from collections import Counter
 
 import openai
+import pytest
 import redis
 
 from tests.batch_helpers import chat_line, read_jsonl, submit
@@ -114,3 +115,25 @@ def test_redis_restarting_mid_batch_does_not_lose_the_batch(make_stack):
     usage_log = read_jsonl(client, batch.to_dict()["usage_file_id"])
     assert len(usage_log) == len(lines)
     assert batch.usage.total_tokens == sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage_log)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wipe", [False, True], ids=["aof", "empty"])
+def test_redis_sigkilled_mid_batch_the_batch_completes_once(make_stack, wipe):
+    """SIGKILL redis-server at ~25% of a batch and restart it (with its AOF, or empty): workers consume again."""
+    visibility = 10
+    stack = make_stack(appendonly=True, PAGEBATCH_VISIBILITY_TIMEOUT=str(visibility))
+    stack.start_worker()
+    client = stack.client("a")
+    lines = lines_for(stack.model, "k", shards=8, max_tokens=200)
+    batch = submit(client, lines)
+    poll(client, batch.id, lambda b: b.request_counts.completed >= 2 * SHARD, what="a quarter of the batch")
+    stack.redis.restart(down_s=2, kill=True, wipe=wipe)
+    restarted = time.monotonic()
+
+    batch = poll(client, batch.id, lambda b: b.status == "completed", timeout=visibility + 60 + 60,
+                 what="completion after the restart")
+    assert time.monotonic() - restarted < visibility + 60, stack.logs()
+    output, errors = assert_each_once(client, batch, [line["custom_id"] for line in lines])
+    assert len(output) == len(lines) and not errors
+    assert all(w.alive() for w in stack.workers)

@@ -4,7 +4,8 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 from engine import RequestOutput, TokenLogprob, TopLogprob
-from jobs.openai_format import CHAT, COMPLETIONS, LineError, response_body, to_engine_request
+from jobs.batch.requests import CHAT, COMPLETIONS, LineError, to_engine_request
+from jobs.batch.responses import response_body
 
 
 def test_chat_body_maps_to_sampling_params():

@@ -4,9 +4,10 @@ import time
 
 import pytest
 
-from jobs.schema import BatchRecord
-from jobs.state import BatchState, connect
-from jobs.storage import LocalStorage
+from jobs.batch.lifecycle import Event
+from jobs.batch.schema import BatchRecord
+from jobs.store.state import BatchState, connect
+from jobs.store.storage import LocalStorage
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def test_only_one_of_many_racing_transitions_wins(state):
     wins = []
 
     def go():
-        changed, _ = state.transition("batch_0001", {"in_progress"}, "finalizing")
+        changed, _ = state.transition("batch_0001", Event.FINALIZE)
         wins.append(changed)
 
     threads = [threading.Thread(target=go) for _ in range(8)]

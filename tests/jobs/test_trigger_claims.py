@@ -7,14 +7,16 @@ import threading
 
 import pytest
 
-from jobs import layout
-from jobs.claims import Claim, TriggerClaims, claim_id
-from jobs.outbox import publish
-from jobs.schema import BatchRecord
+from jobs.store import layout
+from jobs.store.claims import Claim, TriggerClaims, claim_id
+from jobs.pipeline.outbox import publish
+from jobs.batch.schema import BatchRecord
 from jobs.services import Services
 from jobs.settings import Settings
-from jobs.storage import bucket_storage
-from jobs.triggers import ObjectRef, TriggerOptions, normalize_etag, poll_once, start_object
+from jobs.store.storage import bucket_storage
+from jobs.pipeline.inbox_poll import poll_once
+from jobs.pipeline.trigger_events import ObjectRef, TriggerOptions, normalize_etag
+from jobs.pipeline.trigger_start import start_object
 from tests.batch_helpers import chat_line, jsonl
 
 OPTIONS = TriggerOptions(tenant="acme", model="tiny-llama")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jobs.triggers import (
+from jobs.pipeline.trigger_events import (
     MAX_RECORDS,
     EventError,
     ObjectRef,

@@ -109,12 +109,12 @@ def test_write_kv_skips_negative_slots(device: str) -> None:
     assert torch.equal(k_cache, k_want) and torch.equal(v_cache, v_want)
 
 
-def test_dispatch_selects_triton_ops(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAGEBATCH_KERNELS", "triton")
-    assert dispatch.backend_for("cpu") is triton_ops
-    monkeypatch.setenv("PAGEBATCH_KERNELS", "auto")
-    assert dispatch.backend_for("cpu") is reference
-    assert dispatch.backend_for("cuda") is triton_ops
+def test_dispatch_selects_triton_ops() -> None:
+    assert dispatch.backend_for("cpu", "triton") is triton_ops
+    assert dispatch.backend_for("cpu", "auto") is reference
+    assert dispatch.backend_for("cuda", "auto") is triton_ops
+    assert dispatch.select_backend("triton", "cpu").supports_cuda_graphs
+    assert not dispatch.select_backend("torch", "cuda").supports_cuda_graphs
     for name in ("rms_norm", "rotary_embedding", "silu_and_mul", "write_kv", "paged_attention"):
         assert callable(getattr(triton_ops, name))
 

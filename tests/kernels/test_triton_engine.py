@@ -1,4 +1,4 @@
-"""The engine end to end with PAGEBATCH_KERNELS=triton against PAGEBATCH_KERNELS=torch (greedy tokens equal)."""
+"""The engine end to end with kernels="triton" against kernels="torch" (greedy tokens equal)."""
 from __future__ import annotations
 
 import warnings
@@ -9,9 +9,7 @@ import pytest
 from kernels import reference, triton_ops
 
 
-def test_engine_generates_the_same_tokens_with_triton_kernels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str
-) -> None:
+def test_engine_generates_the_same_tokens_with_triton_kernels(tmp_path: Path, device: str) -> None:
     """Whole-model check: chunked prefill beside decodes, GQA, qk-norm on strided views (qwen3)."""
     from engine import LLM, SamplingParams
     from engine.make_model import make_checkpoint
@@ -21,8 +19,7 @@ def test_engine_generates_the_same_tokens_with_triton_kernels(
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     tokens = {}
     for backend in ("torch", "triton"):
-        monkeypatch.setenv("PAGEBATCH_KERNELS", backend)
-        llm = LLM(str(model), dtype="float32", device=device, block_size=8, max_num_batched_tokens=24)
+        llm = LLM(str(model), dtype="float32", device=device, block_size=8, max_num_batched_tokens=24, kernels=backend)
         assert llm.engine.model.ops is (triton_ops if backend == "triton" else reference)
         tokens[backend] = [out.token_ids for out in llm.generate(prompts, params)]
     assert tokens["triton"] == tokens["torch"]
@@ -37,7 +34,7 @@ def test_engine_generates_the_same_tokens_with_triton_kernels(
     ],
     ids=["prefix-cache", "chunked-prefill", "preemption"],
 )
-def test_engine_with_triton_matches_transformers(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, device: str, options) -> None:
+def test_engine_with_triton_matches_transformers(tmp_path_factory, device: str, options) -> None:
     """The parity check of tests/engine, on the Triton path, for a tiny model kept small for the interpreter."""
     from engine import LLM, SamplingParams
     from engine.make_model import make_checkpoint
@@ -49,8 +46,7 @@ def test_engine_with_triton_matches_transformers(tmp_path_factory, monkeypatch: 
     prefix = list(range(40, 100))
     prompts = [[7], list(range(3, 20)), prefix + [5, 6], prefix + [9] * 11, list(range(200, 290)), prefix + [8]]
     refs = transformers_greedy(str(root), prompts, max_new_tokens=6)
-    monkeypatch.setenv("PAGEBATCH_KERNELS", "triton")
-    llm = LLM(str(root), dtype="float32", device=device, **options)
+    llm = LLM(str(root), dtype="float32", device=device, kernels="triton", **options)
     assert llm.engine.model.ops is triton_ops
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6))
     for note in compare_greedy(outs, refs):
@@ -59,7 +55,7 @@ def test_engine_with_triton_matches_transformers(tmp_path_factory, monkeypatch: 
         assert llm.engine.scheduler.num_preemptions > 0
 
 
-def test_padded_decode_graph_inputs_on_triton(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+def test_padded_decode_graph_inputs_on_triton(tmp_path: Path, device: str) -> None:
     """The CUDA-graph decode path's inputs (padding rows on a scratch block, max_context_len = the model's
     context) through the Triton kernels, run eagerly: the same tokens as the unpadded engine."""
     from engine import LLM, SamplingParams
@@ -69,10 +65,10 @@ def test_padded_decode_graph_inputs_on_triton(tmp_path: Path, monkeypatch: pytes
                             max_position_embeddings=1024)
     prompts = ["one", "two words", "three words here"]
     params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
-    monkeypatch.setenv("PAGEBATCH_KERNELS", "triton")
-    want = [o.token_ids for o in LLM(str(model), dtype="float32", device=device, block_size=8).generate(prompts, params)]
-    llm = LLM(str(model), dtype="float32", device=device, block_size=8, max_num_seqs=4)
+    want = [o.token_ids for o in LLM(str(model), dtype="float32", device=device, block_size=8, kernels="triton")
+            .generate(prompts, params)]
+    llm = LLM(str(model), dtype="float32", device=device, block_size=8, max_num_seqs=4, kernels="triton")
     engine = llm.engine
-    engine.runner.use_decode_graphs(4, engine.max_model_len, scratch_block=engine.num_blocks, capture=False)
+    engine.runner.use_decode_graphs(4, engine.max_model_len, capture=False)
     assert [o.token_ids for o in llm.generate(prompts, params)] == want
     assert engine.runner.decode_graphs.context_lens[3].item() == 1

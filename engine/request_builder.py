@@ -1,0 +1,93 @@
+"""Turns a user's prompt and SamplingParams into a Request the scheduler can run, or rejects it.
+
+Everything slow or fallible about a new request happens here, before the engine thread sees it:
+checking its parameters, rendering the chat template, tokenizing (bounded first by the prompt's
+length in characters), checking it can fit in the KV pool, and building its generator, stop-string
+detokenizer and label trie. It is thread-safe, so ``EngineLoop.submit`` runs it on the caller's thread.
+"""
+from __future__ import annotations
+
+import random
+import threading
+
+import torch
+
+from engine.choices import ChoiceState, ChoiceTrie
+from engine.detokenizer import IncrementalDetokenizer
+from engine.inputs import Prompt, PromptProcessor, RequestRejected
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+
+MAX_CACHED_TRIES = 256
+
+
+class RequestBuilder:
+    def __init__(
+        self, tokenizer, vocab_size: int, max_model_len: int, num_blocks: int, block_size: int,
+        eos_token_ids: set[int], device: torch.device, seed: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.eos_token_ids = eos_token_ids
+        self.device = device
+        self.prompts = PromptProcessor(tokenizer, vocab_size, max_model_len)
+        self._rng = random.Random(seed)  # seeds for unseeded sampled requests
+        self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
+        self._tries_lock = threading.Lock()
+
+    def build(self, request_id: str, prompt: Prompt, params: SamplingParams) -> Request:
+        """Raises RequestRejected (with the prompt's token ids when it got that far) for a request that cannot run."""
+        ids = self.prompts.token_ids(prompt)
+        try:
+            if not isinstance(params, SamplingParams):
+                raise RequestRejected(f"params must be SamplingParams, got {type(params).__name__}")
+            params.validate(self.vocab_size)
+            choice_state, max_new_tokens = None, params.max_tokens
+            if params.choices is not None:
+                trie = self._choice_trie(tuple(params.choices))
+                # a label ends at its last token (plus one closing token when it prefixes another)
+                choice_state, max_new_tokens = ChoiceState(trie, min(self.eos_token_ids)), trie.depth + 1
+            self._check_fits(len(ids), max_new_tokens)
+        except ValueError as exc:  # RequestRejected, or SamplingParams.validate's ValueError
+            rejected = exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc))
+            rejected.prompt_token_ids = ids
+            raise rejected from None
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        generator = None if params.greedy else torch.Generator(device=self.device).manual_seed(seed)
+        detokenizer = None
+        if params.stop and params.choices is None:  # a label ends at its last token; stop strings do not apply
+            detokenizer = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens)
+        return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer, choice_state=choice_state)
+
+    def _check_fits(self, num_prompt_tokens: int, max_new_tokens: int) -> None:
+        longest = min(num_prompt_tokens + max_new_tokens, self.max_model_len)
+        if -(-longest // self.block_size) > self.num_blocks:
+            raise RequestRejected(
+                f"the request needs up to {longest} tokens of KV cache but the whole pool holds "
+                f"{self.num_blocks * self.block_size}; lower max_tokens or shorten the prompt",
+                code="request_too_large",
+            )
+
+    def _choice_trie(self, choices: tuple[str, ...]) -> ChoiceTrie:
+        """Labeling jobs repeat one label set on every line: tokenize it once."""
+        if not self.eos_token_ids:
+            raise RequestRejected("choices need a model with an end-of-sequence token")
+        with self._tries_lock:
+            trie = self._tries.get(choices)
+        if trie is not None:
+            return trie
+        try:
+            sequences = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        except Exception as exc:  # noqa: BLE001 - e.g. a lone surrogate in a label
+            raise RequestRejected(f"choices could not be tokenized ({type(exc).__name__}); send valid Unicode text") from exc
+        if not all(sequences):
+            raise RequestRejected("choices must each tokenize to at least one token")
+        trie = ChoiceTrie(sequences)
+        with self._tries_lock:
+            if len(self._tries) >= MAX_CACHED_TRIES:
+                self._tries.clear()
+            self._tries[choices] = trie
+        return trie

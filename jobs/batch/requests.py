@@ -1,0 +1,207 @@
+"""OpenAI request bodies -> engine requests (a prompt and sampling parameters), parsed once per line.
+
+A line is parsed when its file is validated; the parsed request is what a shard stores and runs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engine.sampling_params import SamplingParams
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+_CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Accepted and ignored: they change nothing about the generated text.
+_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"}
+_COMMON = {"temperature", "top_p", "seed", "stop", "n", "stream", "max_tokens", "presence_penalty",
+           "frequency_penalty", "top_k", "ignore_eos", "structured_outputs", "response_format"}
+_CHAT_ONLY = {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
+_COMPLETION_ONLY = {"prompt", "logprobs", "echo", "best_of", "suffix"}
+MAX_LABELS = 1024  # the engine's bound on choices
+MAX_LABEL_CHARS = 512
+_SCHEMA_ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment"}
+
+
+class LineError(Exception):
+    """A request that cannot run, reported back in OpenAI's error shape."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+Prompt = str | list[int] | list[dict[str, str]]
+
+
+@dataclass
+class EngineRequest:
+    prompt: Prompt
+    params: SamplingParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "params": asdict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineRequest":
+        return cls(data["prompt"], SamplingParams(**data["params"]))
+
+
+def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> EngineRequest:
+    allowed = _IGNORED | _COMMON | (_CHAT_ONLY if endpoint == CHAT else _COMPLETION_ONLY)
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
+    _require(body.get("n", 1) == 1, "only n=1 is supported in batches", "n")
+    _require(body.get("stream", False) in (False, None), "stream is not supported in batches", "stream")
+    for name in ("presence_penalty", "frequency_penalty"):
+        _require(body.get(name, 0) in (0, 0.0, None), f"{name} is not supported by this server", name)
+
+    if endpoint == CHAT:
+        prompt: Any = _chat_messages(body.get("messages"))
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        logprobs = None
+        if body.get("logprobs"):
+            _require(body["logprobs"] is True, "logprobs must be a boolean", "logprobs")
+            logprobs = body.get("top_logprobs") or 0
+        else:
+            _require(body.get("top_logprobs") is None, "top_logprobs requires logprobs to be true", "top_logprobs")
+        if max_tokens is None:
+            max_tokens = default_max_tokens
+    else:
+        prompt = _completion_prompt(body.get("prompt"))
+        _require(not body.get("echo"), "echo is not supported", "echo")
+        _require(body.get("best_of", 1) in (1, None), "only best_of=1 is supported", "best_of")
+        _require(body.get("suffix") is None, "suffix is not supported", "suffix")
+        logprobs = body.get("logprobs")
+        _require(logprobs is None or (_is_int(logprobs) and 0 <= logprobs <= 5), "logprobs must be an integer in [0, 5]",
+                 "logprobs")
+        max_tokens = body.get("max_tokens", 16)
+
+    choices = _label_choices(body)
+    # A label is the whole answer: the engine ends it at the label's last token, so stop strings have no say.
+    stop = [] if choices else body.get("stop") or []
+    params = SamplingParams(
+        temperature=_number(body, "temperature", 1.0),
+        top_p=_number(body, "top_p", 1.0),
+        top_k=body.get("top_k", 0) if body.get("top_k") is not None else 0,
+        seed=body.get("seed"),
+        max_tokens=max_tokens,
+        stop=[stop] if isinstance(stop, str) else stop,
+        ignore_eos=bool(body.get("ignore_eos", False)),
+        logprobs=logprobs,
+        choices=choices,
+    )
+    try:
+        params.validate()
+    except ValueError as e:
+        raise LineError(str(e), "invalid_parameter", _param_named_in(str(e))) from None
+    return EngineRequest(prompt, params)
+
+
+def _label_choices(body: dict[str, Any]) -> list[str] | None:
+    """The label set a body restricts its answer to, if any.
+
+    ``structured_outputs.choice`` (vLLM) answers with the label itself; ``response_format`` with a JSON
+    schema that is a string enum answers with valid JSON, so the label is constrained in its JSON-encoded
+    form (``"positive"`` with the quotes).
+    """
+    structured = _structured_choices(body.get("structured_outputs"))
+    from_schema = _response_format_choices(body.get("response_format"))
+    if structured is not None and from_schema is not None:
+        raise LineError("give the label set once: structured_outputs.choice or response_format, not both",
+                        "invalid_parameter", "response_format")
+    if from_schema is not None:
+        return [json.dumps(label, ensure_ascii=False) for label in from_schema]
+    return structured
+
+
+def _structured_choices(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    _require(isinstance(value, dict), "structured_outputs must be an object", "structured_outputs")
+    other = sorted(k for k, v in value.items() if k != "choice" and v not in (None, False))
+    if other:
+        raise LineError(f"structured_outputs.{other[0]} is not supported; only choice is", "invalid_parameter",
+                        "structured_outputs")
+    _require("choice" in value, "structured_outputs needs choice: a list of labels", "structured_outputs")
+    return _labels(value["choice"], "structured_outputs")
+
+
+def _response_format_choices(value: Any) -> list[str] | None:
+    if value is None or value == {"type": "text"}:
+        return None
+    unsupported = ('response_format must be {"type": "text"} or {"type": "json_schema", "json_schema": '
+                   '{"schema": {"type": "string", "enum": [...]}}}: only a label set is supported')
+    _require(isinstance(value, dict) and value.get("type") == "json_schema" and set(value) <= {"type", "json_schema"},
+             unsupported, "response_format")
+    spec = value.get("json_schema")
+    _require(isinstance(spec, dict) and set(spec) <= {"name", "description", "schema", "strict"},
+             unsupported, "response_format")
+    schema = spec.get("schema")
+    _require(isinstance(schema, dict) and "enum" in schema and schema.get("type", "string") == "string"
+             and set(schema) <= {"type", "enum"} | _SCHEMA_ANNOTATIONS, unsupported, "response_format")
+    return _labels(schema["enum"], "response_format")
+
+
+def _labels(value: Any, param: str) -> list[str]:
+    _require(isinstance(value, list) and 0 < len(value) <= MAX_LABELS,
+             f"{param}: the labels must be a list of 1 to {MAX_LABELS} strings", param)
+    _require(all(isinstance(v, str) and 0 < len(v) <= MAX_LABEL_CHARS for v in value),
+             f"{param}: every label must be a non-empty string of at most {MAX_LABEL_CHARS} characters", param)
+    return list(dict.fromkeys(value))
+
+
+def _require(ok: bool, message: str, param: str) -> None:
+    if not ok:
+        raise LineError(message, "invalid_parameter", param)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> Any:
+    value = body.get(name)
+    return default if value is None else value
+
+
+def _param_named_in(message: str) -> str | None:
+    first = message.split(" ", 1)[0]
+    return first if first.isidentifier() else None
+
+
+def _chat_messages(messages: Any) -> list[dict[str, str]]:
+    if messages is None:
+        raise LineError("messages is required for /v1/chat/completions", "missing_messages", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise LineError("messages must be a non-empty list", "invalid_parameter", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _CHAT_ROLES:
+            raise LineError(f"messages[{i}] needs a role in {sorted(_CHAT_ROLES)}", "invalid_parameter", "messages")
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise LineError(f"messages[{i}].content: only text parts are supported", "invalid_parameter", "messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise LineError(f"messages[{i}].content must be a string", "invalid_parameter", "messages")
+        out.append({"role": _CHAT_ROLES[message["role"]], "content": content})
+    return out
+
+
+def _completion_prompt(prompt: Any) -> str | list[int]:
+    if prompt is None:
+        raise LineError("prompt is required for /v1/completions", "missing_prompt", "prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a one-element batch of prompts is one prompt
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
+        return prompt
+    raise LineError("prompt must be a non-empty string or a list of token ids", "invalid_parameter", "prompt")

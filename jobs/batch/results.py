@@ -1,0 +1,138 @@
+"""A shard's results: output lines, error lines and usage records, kept and stored together."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from jobs.batch.ids import LineIds
+from jobs.batch.responses import batch_error_line, request_error_line
+from jobs.batch.schema import BatchUsage, UsageRecord
+from jobs.batch.validate import RejectedLine, ValidLine
+
+
+# Characters that str.splitlines() and other line splitters break on but JSON leaves unescaped.
+_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_LINE_BREAKS_TABLE = str.maketrans(_LINE_BREAKS)
+
+
+def jsonl_line(data: Any) -> str:
+    """One JSON document on one line for every line splitter: UTF-8 text, line separators escaped."""
+    return json.dumps(data, ensure_ascii=False).translate(_LINE_BREAKS_TABLE)
+
+
+@dataclass
+class RequestContext:
+    """Who a request belongs to and where it runs: fields every usage record carries."""
+
+    batch_id: str
+    tenant: str
+    worker: str
+
+
+@dataclass
+class ShardResult:
+    output: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    usage: list[str] = field(default_factory=list)
+    completed: int = 0
+    failed: int = 0
+    stopped: str | None = None  # "batch_cancelled" / "batch_expired" when the shard was cut short
+
+    def add_output(self, line: dict[str, Any], usage: UsageRecord) -> None:
+        self.output.append(jsonl_line(line))
+        self.usage.append(jsonl_line(usage.model_dump(mode="json")))
+        self.completed += 1
+
+    def add_error(self, line: dict[str, Any], usage: UsageRecord) -> None:
+        self.errors.append(jsonl_line(line))
+        self.usage.append(jsonl_line(usage.model_dump(mode="json")))
+        self.failed += 1
+
+    def add_rejected(self, ctx: RequestContext, rejected: RejectedLine) -> None:
+        ids = LineIds.of(ctx.batch_id, rejected.line)
+        self.add_error(request_error_line(ids, rejected.custom_id, rejected.error),
+                       usage_record(ctx, rejected.line, rejected.custom_id, rejected.model, "error"))
+
+    def add_not_run(self, ctx: RequestContext, job: ValidLine, code: str, message: str) -> None:
+        ids = LineIds.of(ctx.batch_id, job.line)
+        self.add_error(batch_error_line(ids, job.custom_id, code, message),
+                       usage_record(ctx, job.line, job.custom_id, job.model, code))
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.__dict__, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "ShardResult":
+        return cls(**json.loads(raw))
+
+
+def usage_record(ctx: RequestContext, line: int, custom_id: str | None, model: str | None, finish_reason: str,
+                 out: Any = None) -> UsageRecord:
+    """The usage log's line for one request; ``out`` is the engine's RequestOutput when it ran (None: unbilled)."""
+    record = UsageRecord(batch_id=ctx.batch_id, tenant=ctx.tenant, custom_id=custom_id, model=model,
+                         finish_reason=finish_reason, worker=ctx.worker, line=line)
+    if out is None:
+        return record
+    metrics = out.metrics
+    scheduled = metrics is None or metrics.first_scheduled_time is not None
+    record.prompt_tokens = out.num_prompt_tokens if scheduled else 0
+    record.cached_tokens = min(out.num_cached_tokens, record.prompt_tokens)
+    record.completion_tokens = len(out.token_ids)
+    if metrics is not None:
+        record.queue_time = _round(metrics.queue_time)
+        record.time_to_first_token = _round(metrics.time_to_first_token)
+        record.total_time = _round(metrics.total_time)
+    return record
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+class UsageTotals:
+    """Sums usage records into the Batch object's usage block."""
+
+    def __init__(self) -> None:
+        self.prompt = self.cached = self.completion = 0
+
+    def add(self, record: UsageRecord) -> None:
+        self.prompt += record.prompt_tokens
+        self.cached += record.cached_tokens
+        self.completion += record.completion_tokens
+
+    def add_line(self, raw: str) -> None:
+        data = json.loads(raw)
+        self.prompt += data["prompt_tokens"]
+        self.cached += data["cached_tokens"]
+        self.completion += data["completion_tokens"]
+
+    def as_batch_usage(self) -> BatchUsage:
+        return BatchUsage.model_validate({
+            "input_tokens": self.prompt, "input_tokens_details": {"cached_tokens": self.cached},
+            "output_tokens": self.completion, "total_tokens": self.prompt + self.completion,
+        })
+
+
+@dataclass
+class MergedCounts:
+    completed: int = 0
+    failed: int = 0
+    expired: bool = False
+    totals: UsageTotals = field(default_factory=UsageTotals)
+
+
+def merge_results(results: Iterable[ShardResult], output: TextIO, errors: TextIO, usage: TextIO) -> MergedCounts:
+    """Concatenate shard results into the three result files; count them and sum the usage log."""
+    merged = MergedCounts()
+    for result in results:
+        for lines, sink in ((result.output, output), (result.errors, errors), (result.usage, usage)):
+            for line in lines:
+                sink.write(line + "\n")
+        for line in result.usage:
+            merged.totals.add_line(line)
+        merged.completed += result.completed
+        merged.failed += result.failed
+        merged.expired = merged.expired or result.stopped == "batch_expired"
+    return merged

@@ -1,0 +1,130 @@
+"""`pagebatch run`: the whole pipeline in one process, no Redis and no S3, results in a directory.
+
+It goes through the same validation, execution and formatting code as the service; only the
+plumbing differs (a local file in, a directory out, one engine in this process).
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from tqdm import tqdm
+
+from jobs.batch import lifecycle
+from jobs.batch.conclusion import RESULT_KINDS, conclude, write_result_files
+from jobs.batch.ids import new_batch_id
+from jobs.batch.lifecycle import Event
+from jobs.batch.requests import CHAT
+from jobs.batch.results import MergedCounts, RequestContext, ShardResult
+from jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, BatchRecord
+from jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
+from jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
+from jobs.pipeline.execute import execute
+from jobs.settings import Settings
+
+LOCAL_TENANT = "local"
+
+
+@dataclass
+class RunReport:
+    batch: BatchRecord
+    load_seconds: float
+    run_seconds: float  # validation, generation and writing the results: all but loading the model
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.batch.usage.output_tokens if self.batch.usage else 0
+
+
+def detect_endpoint(path: Path) -> str:
+    """The first line's url if it names a supported endpoint, else chat completions."""
+    with path.open("rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    url = json.loads(raw).get("url")
+                except (ValueError, AttributeError):
+                    return CHAT
+                return url if url in ENDPOINTS else CHAT
+    return CHAT
+
+
+def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Path, *, name: str | None = None,
+              endpoint: str | None = None, options: EngineOptions | None = None, show_progress: bool = True
+              ) -> RunReport:
+    started = time.perf_counter()
+    model = served_name(model_path, name)
+    endpoint = endpoint or detect_endpoint(input_path)
+    now = int(time.time())
+    record = BatchRecord(id=new_batch_id(), tenant=LOCAL_TENANT, endpoint=endpoint, input_file_id=str(input_path),
+                         completion_window="24h", created_at=now, expires_at=now + 24 * 3600, model=model)
+    ctx = RequestContext(record.id, LOCAL_TENANT, "local")
+    limits = Limits(settings.max_batch_bytes, settings.max_batch_lines, settings.max_line_bytes,
+                    settings.default_max_tokens)
+    rejected, jobs = ShardResult(), []
+    try:
+        check_size(input_path.stat().st_size, limits)
+        with input_path.open("rb") as f:
+            lines = (raw.rstrip(b"\r\n") for raw in f)
+            for verdict in check_lines(lines, endpoint=endpoint, known_models={model}, limits=limits):
+                if isinstance(verdict, RejectedLine):
+                    rejected.add_rejected(ctx, verdict)
+                else:
+                    jobs.append(verdict)
+    except FileError as e:
+        record.errors = BatchErrors(data=[BatchError(code=e.code, message=e.message, line=e.line)])
+        lifecycle.apply(record, Event.FAIL)
+        write_result_files([], out_dir)
+        _write_batch_json(out_dir, record)
+        return RunReport(record, 0.0, 0.0)
+
+    record.request_counts.total = len(jobs) + rejected.failed
+    lifecycle.apply(record, Event.START)
+    load_started = time.perf_counter()
+    loop = start_engine(model_path, options or EngineOptions(), settings.kernels)
+    load_seconds = time.perf_counter() - load_started
+    try:
+        result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress)
+    finally:
+        loop.close()
+    record.cancel_requested = result.stopped == "batch_cancelled"
+    lifecycle.apply(record, Event.FINALIZE)
+    merged: MergedCounts = write_result_files([rejected, result], out_dir)
+    lifecycle.apply(record, conclude(record, merged, {kind: f"{kind}.jsonl" for kind in RESULT_KINDS}))
+    _write_batch_json(out_dir, record)
+    # Everything but loading the model: what a long-lived worker does per batch.
+    return RunReport(record, load_seconds, time.perf_counter() - started - load_seconds)
+
+
+def _execute_with_progress(loop: EngineHandle, jobs: list[ValidLine], ctx: RequestContext, endpoint: str, model: str,
+                           show_progress: bool) -> ShardResult:
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())  # Ctrl-C: abort, keep what finished
+    bar = tqdm(total=len(jobs), unit="req", disable=not show_progress, dynamic_ncols=True)
+
+    def progress(completed: int, failed: int) -> None:
+        bar.update(completed + failed - bar.n)
+        bar.set_postfix(failed=failed, refresh=False)
+
+    try:
+        with structlog.contextvars.bound_contextvars(batch_id=ctx.batch_id):
+            result = execute(loop, jobs, ctx=ctx, endpoint=endpoint, model_name=model, request_prefix=ctx.batch_id,
+                             should_stop=lambda: "batch_cancelled" if interrupted.is_set() else None,
+                             on_progress=progress, poll_s=0.1)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return result
+
+
+def _write_batch_json(out_dir: Path, record: BatchRecord) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "batch.json").write_text(json.dumps(record.public(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,68 @@
+"""What jobs/ needs of an engine: the options a command line may set, and the handle it passes around.
+
+The handle is a Protocol so the pipeline depends on what it uses (submit, abort, stats), not on
+the engine's classes; ``start_engine`` builds the real one (``engine.EngineLoop``).
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class EngineHandle(Protocol):
+    def submit(self, prompt: Any, params: Any = None, request_id: str | None = None) -> Future: ...
+    def abort(self, request_id: str) -> None: ...
+    def stats(self) -> Any: ...
+    def close(self) -> None: ...
+    def is_alive(self) -> bool: ...
+
+    @property
+    def fatal_error(self) -> BaseException | None: ...
+
+
+def _flag(help_text: str, **extra: Any) -> Any:
+    return {"help": help_text, **extra}
+
+
+@dataclass
+class EngineOptions:
+    """The EngineConfig fields a command line exposes (the model path comes separately).
+
+    Each field's metadata is its flag's help: the CLI's flags are generated from these fields.
+    """
+
+    dtype: str = field(default="auto", metadata=_flag(
+        "weights and activations: auto (bfloat16 on CPUs that compute it natively and on GPUs, else float32)",
+        choices=["auto", "float32", "bfloat16", "float16"]))
+    device: str = field(default="auto", metadata=_flag("cuda, cpu or auto (default)"))
+    max_num_seqs: int = field(default=256, metadata=_flag("most requests in one engine step"))
+    max_num_batched_tokens: int = field(default=2048, metadata=_flag("token budget of one engine step"))
+    num_kv_blocks: int | None = field(default=None, metadata=_flag("KV cache blocks (default: sized from memory)"))
+    enable_prefix_caching: bool = field(default=True, metadata=_flag("reuse the KV blocks of shared prompt prefixes"))
+    kernels: str | None = field(default=None, metadata=_flag(
+        "attention and norm kernels: torch, triton or auto (default: PAGEBATCH_KERNELS, else auto)",
+        choices=["auto", "torch", "triton"]))
+
+    def engine_kwargs(self, default_kernels: str = "auto") -> dict[str, Any]:
+        kwargs = asdict(self)
+        kwargs["kernels"] = self.kernels or default_kernels
+        return kwargs
+
+
+def option_fields() -> tuple[Any, ...]:
+    return fields(EngineOptions)
+
+
+def served_name(model_path: str, name: str | None) -> str:
+    if name:
+        return name
+    path = Path(model_path).resolve()
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def start_engine(model_path: str, options: EngineOptions, default_kernels: str = "auto") -> EngineHandle:
+    from engine import EngineConfig, EngineLoop, LLMEngine
+
+    return EngineLoop(LLMEngine(EngineConfig(model=model_path, **options.engine_kwargs(default_kernels))))

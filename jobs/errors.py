@@ -1,0 +1,29 @@
+"""Errors the service reports to its callers: each carries a kind; only api/ maps kinds to HTTP statuses."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+class ErrorKind(StrEnum):
+    INVALID = "invalid"  # the caller's input is wrong; retrying it unchanged will fail again
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"  # the object is in a state that does not allow this
+    TOO_LARGE = "too_large"
+    UNAVAILABLE = "unavailable"  # a dependency (Redis, object storage) is briefly away: retry later
+
+
+class JobError(Exception):
+    """A user-facing error: what was wrong (``message``), which parameter (``param``), and its kind."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INVALID, *, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.kind, self.param, self.code = message, kind, param, code
+
+
+# What a dependency outage looks like from Python: callers answer "retry later", never "failed".
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, BotoCoreError, ClientError, ConnectionError,
+                                                  TimeoutError)

@@ -1,0 +1,94 @@
+"""Creating, cancelling and listing batches: what the API's batch routes call."""
+from __future__ import annotations
+
+import re
+import time
+
+from jobs.batch import lifecycle
+from jobs.batch.ids import is_valid_id, new_batch_id
+from jobs.batch.lifecycle import Event
+from jobs.batch.schema import ENDPOINTS, BatchRecord
+from jobs.errors import ErrorKind, JobError
+from jobs.logs import get_logger
+from jobs.services import Services
+
+log = get_logger(__name__)
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+
+
+def window_seconds(window: str, max_s: int) -> int:
+    """OpenAI accepts "24h"; any "<n>s|m|h" up to the configured maximum works here."""
+    match = _WINDOW.match(window or "")
+    if not match:
+        raise JobError("completion_window must look like 24h", param="completion_window")
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > max_s:
+        raise JobError(f"completion_window may be at most {max_s} seconds", param="completion_window")
+    return seconds
+
+
+def check_metadata(metadata: dict[str, str] | None) -> None:
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise JobError("metadata may have at most 16 keys", param="metadata")
+    for key, value in metadata.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
+            raise JobError("metadata keys are at most 64 and values at most 512 characters", param="metadata")
+
+
+def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: str, completion_window: str,
+                 metadata: dict[str, str] | None, batch_id: str | None = None, default_model: str | None = None,
+                 outbox: str | None = None) -> BatchRecord:
+    """``batch_id``, ``default_model`` and ``outbox`` are for S3 triggers (jobs/pipeline/triggers), never from a request."""
+    if endpoint not in ENDPOINTS:
+        raise JobError(f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint")
+    window = window_seconds(completion_window, svc.settings.max_completion_window_s)
+    check_metadata(metadata)
+    file = svc.files.get(tenant, input_file_id)
+    if file is None:
+        raise JobError(f"No such File object: {input_file_id}", ErrorKind.NOT_FOUND, param="input_file_id")
+    if file.purpose != "batch":
+        raise JobError("the input file's purpose must be batch", param="input_file_id")
+    now = int(time.time())
+    record = BatchRecord(id=batch_id or new_batch_id(), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
+                         completion_window=completion_window, created_at=now, expires_at=now + window,
+                         metadata=metadata, default_model=default_model, outbox=outbox)
+    svc.state.create(record)
+    svc.dispatch.prepare(record.id, tenant)
+    log.info("batch created", batch_id=record.id, tenant=tenant, input_file_id=input_file_id, endpoint=endpoint)
+    return record
+
+
+def get_batch(svc: Services, tenant: str, batch_id: str) -> BatchRecord | None:
+    if not is_valid_id(batch_id, "batch_"):
+        return None
+    return svc.state.get(tenant, batch_id)
+
+
+def cancel_batch(svc: Services, tenant: str, batch_id: str) -> BatchRecord | None:
+    """Mark the batch cancelling; running shards see it and abort their requests in the engine."""
+    record = get_batch(svc, tenant, batch_id)
+    if record is None:
+        return None
+    if record.status == lifecycle.BatchStatus.CANCELLING:
+        return record
+    if not lifecycle.allowed(record.status, Event.CANCEL):
+        raise JobError(f"Cannot cancel a batch with status {record.status}", ErrorKind.CONFLICT)
+
+    def request_cancel(r: BatchRecord) -> None:
+        r.cancel_requested = True
+
+    changed, live = svc.state.transition(batch_id, Event.CANCEL, request_cancel)
+    if live is None:
+        raise JobError("the batch is being restored after a state-store restart; retry shortly", ErrorKind.UNAVAILABLE)
+    if changed:
+        log.info("batch cancel requested", batch_id=batch_id, tenant=tenant)
+    return get_batch(svc, tenant, batch_id)
+
+
+def list_batches(svc: Services, tenant: str, *, after: str | None, limit: int, order: str = "desc"
+                 ) -> tuple[list[BatchRecord], bool]:
+    after = after if after and is_valid_id(after, "batch_") else None
+    return svc.state.list(tenant, after=after, limit=limit, order=order)

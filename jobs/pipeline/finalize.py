@@ -1,0 +1,102 @@
+"""The end of a batch: count each finished shard once, start finalize exactly once, and merge the results.
+
+Only the caller whose compare-and-set moves the batch to ``finalizing`` sends the finalize task;
+finalize merges the stored shard results into the output, error and usage files, and its own
+terminal transition is compare-and-set too, so a re-run finalize changes nothing.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from jobs.batch import lifecycle
+from jobs.batch.conclusion import conclude, result_paths, write_result_files
+from jobs.batch.ids import derived_file_id
+from jobs.batch.lifecycle import BatchStatus, Event
+from jobs.batch.manifest import Manifest
+from jobs.batch.results import ShardResult
+from jobs.batch.schema import BatchRecord
+from jobs.logs import get_logger
+from jobs.pipeline.outbox import publish as publish_outbox
+from jobs.services import Services
+from jobs.store import layout
+from jobs.store.storage import NotFound
+
+log = get_logger(__name__)
+
+PREPARE_SHARD = "prepare"  # rejected lines count as one extra "shard", done when prepare ends
+
+
+def load_manifest(svc: Services, tenant: str, batch_id: str) -> Manifest | None:
+    try:
+        return Manifest.from_bytes(svc.storage.get_bytes(layout.manifest(tenant, batch_id)))
+    except NotFound:
+        return None
+
+
+def finish_shard(svc: Services, batch_id: str, tenant: str, shard: str, *, completed: int, failed: int,
+                 redelivered: bool = False) -> None:
+    """Record the shard (its results are already in storage) and, if it was the last, start finalize.
+
+    A redelivered shard task also re-sends finalize, in case its first run died between the two steps.
+    """
+    done = svc.state.mark_done(batch_id, shard, completed, failed)
+    if done < 0:
+        return  # the batch's live state was lost; the recovery sweeper rebuilds it from storage
+    maybe_finalize(svc, batch_id, tenant, done, redelivered)
+
+
+def maybe_finalize(svc: Services, batch_id: str, tenant: str, done: int, redelivered: bool = False) -> None:
+    record = svc.state.get_live(batch_id)
+    if record is None or record.num_shards is None or done < record.num_shards + 1:
+        return
+    changed, record = svc.state.transition(batch_id, Event.FINALIZE)
+    if changed or (redelivered and record is not None and record.status == BatchStatus.FINALIZING):
+        log.info("all shards done; finalizing", batch_id=batch_id)
+        svc.dispatch.finalize(batch_id, tenant)
+
+
+def shard_results(svc: Services, tenant: str, batch_id: str, num_shards: int) -> Iterator[ShardResult]:
+    yield ShardResult.from_bytes(svc.storage.get_bytes(layout.prepare_result(tenant, batch_id)))
+    for shard in range(num_shards):
+        yield ShardResult.from_bytes(svc.storage.get_bytes(layout.shard_result(tenant, batch_id, shard)))
+
+
+def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
+    record = svc.state.get_live(batch_id)
+    if record is None or record.status != BatchStatus.FINALIZING:
+        if record is not None and lifecycle.is_terminal(record.status):
+            publish_outbox(svc, record, only_if_missing=True)  # a retry after the outbox copy failed
+        return  # lost from Redis (the sweeper restores it) or finalized already
+    manifest = load_manifest(svc, tenant, batch_id)
+    num_shards = len(manifest.shards) if manifest else 0
+    with tempfile.TemporaryDirectory(prefix="pagebatch-finalize-") as tmp:
+        try:
+            merged = write_result_files(shard_results(svc, tenant, batch_id, num_shards), Path(tmp))
+        except NotFound:
+            if (svc.state.get_live(batch_id) or record).status != BatchStatus.FINALIZING:
+                return  # another finalize finished first and cleaned up
+            raise
+        ids = {kind: _store(svc, record, kind, path) for kind, path in result_paths(Path(tmp)).items()}
+
+    # cancel_requested cannot change while finalizing: the event chosen here is the one conclude names.
+    event = lifecycle.concluding_event(record.cancel_requested, merged.expired)
+    changed, finished = svc.state.transition(batch_id, event, lambda r: conclude(r, merged, ids) == event)
+    if changed:
+        log.info("batch finished", batch_id=batch_id, status=finished.status if finished else None,
+                 completed=merged.completed, failed=merged.failed)
+        svc.state.forget_active(batch_id)
+        svc.storage.delete_prefix(layout.work_prefix(tenant, batch_id))
+        if finished is not None:
+            publish_outbox(svc, finished)
+
+
+def _store(svc: Services, record: BatchRecord, kind: str, path: Path) -> str | None:
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with path.open("rb") as f:
+        stored = svc.files.create(record.tenant, f"{record.id}_{kind}.jsonl", "batch_output", f, size,
+                                  file_id=derived_file_id(record.id, kind))
+    return stored.id

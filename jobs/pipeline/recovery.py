@@ -1,0 +1,86 @@
+"""Rebuilds batches whose live state Redis lost (a restart without persistence) from storage.
+
+Storage holds everything needed: batch.json, the shard manifest and each finished shard's results.
+A batch listed under ``active/`` but missing from Redis is reloaded, and its unfinished work re-sent.
+"""
+from __future__ import annotations
+
+import json
+
+from jobs.batch import lifecycle
+from jobs.batch.lifecycle import BatchStatus
+from jobs.batch.results import ShardResult
+from jobs.logs import get_logger
+from jobs.pipeline.finalize import PREPARE_SHARD, load_manifest, maybe_finalize
+from jobs.pipeline.prepare import dispatch_undone
+from jobs.services import Services
+from jobs.store import keys, layout
+from jobs.store.registry import known_models
+from jobs.store.storage import NotFound
+
+log = get_logger(__name__)
+
+
+def sweep(svc: Services) -> int:
+    """One pass over active batches; returns how many were restored."""
+    restored = 0
+    for key in svc.storage.list(layout.ACTIVE_PREFIX):
+        batch_id = key.removeprefix(layout.ACTIVE_PREFIX)
+        if svc.state.exists_live(batch_id):
+            continue
+        if not svc.redis.set(keys.named("restore", batch_id), "1", nx=True, ex=60):
+            continue  # another process is restoring it
+        try:
+            tenant = svc.storage.get_bytes(key).decode()
+        except NotFound:
+            continue
+        restore(svc, tenant, batch_id)
+        restored += 1
+    return restored
+
+
+def restore(svc: Services, tenant: str, batch_id: str) -> None:
+    record = svc.state.get_durable(tenant, batch_id)
+    if record is None or lifecycle.is_terminal(record.status):
+        svc.state.forget_active(batch_id)
+        return
+    manifest = load_manifest(svc, tenant, batch_id)
+    progress: dict[str, str] = {}
+    done: list[str] = []
+    shards = [] if manifest is None else [PREPARE_SHARD, *range(len(manifest.shards))]
+    for shard in shards:
+        key = (layout.prepare_result(tenant, batch_id) if shard == PREPARE_SHARD
+               else layout.shard_result(tenant, batch_id, shard))
+        try:
+            result = ShardResult.from_bytes(svc.storage.get_bytes(key))
+        except NotFound:
+            continue
+        done.append(str(shard))
+        progress[str(shard)] = json.dumps({"completed": result.completed, "failed": result.failed})
+    svc.state.load_live(record, progress, done)
+    log.warning("restoring a batch lost from Redis", batch_id=batch_id, status=record.status, done=len(done))
+    if manifest is None or record.num_shards is None:
+        svc.dispatch.prepare(batch_id, tenant)  # prepare re-sends whatever shards are not done
+        return
+    if record.status == BatchStatus.FINALIZING:
+        svc.dispatch.finalize(batch_id, tenant)
+        return
+    dispatch_undone(svc, batch_id, tenant, manifest, set(done))
+    maybe_finalize(svc, batch_id, tenant, len(done))
+
+
+UNSENT_AFTER_S = 30.0  # a shard released to the broker but not sent by then: its releaser died
+
+
+def keep_shards_moving(svc: Services) -> None:
+    """Release what the fair queue can (a missed release only delays) and re-send lost releases."""
+    for model in known_models(svc.redis):
+        svc.dispatch.fair.resend_unsent(model, UNSENT_AFTER_S)
+        svc.dispatch.fair.release(model)
+
+
+def sweep_once_per_interval(svc: Services, interval_s: float) -> None:
+    """One process per interval sweeps (a short Redis lock), whichever worker gets there first."""
+    if svc.redis.set(keys.SWEEP_LOCK, "1", nx=True, ex=max(1, int(interval_s))):
+        sweep(svc)
+        keep_shards_moving(svc)

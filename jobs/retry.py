@@ -1,0 +1,44 @@
+"""Riding out a dependency outage: retry with exponential backoff and full jitter until a deadline.
+
+A storage or broker hiccup delays work; it never fails a request. Only the batch's own deadline
+(its completion window) ends the waiting, and then the last error is raised.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from jobs.errors import OUTAGE_ERRORS
+from jobs.logs import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+def backoff_delays(base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None):
+    """Endless delays: full jitter over an exponentially growing ceiling (AWS's "full jitter")."""
+    rng = rng or random.Random()
+    ceiling = base_s
+    while True:
+        yield rng.uniform(0, ceiling)
+        ceiling = min(cap_s, ceiling * 2)
+
+
+def through_outages(fn: Callable[[], T], *, what: str, deadline: float | None = None, base_s: float = 0.5,
+                    cap_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, retried while it raises an outage error and ``deadline`` (time.time()) is ahead."""
+    delays = backoff_delays(base_s, cap_s)
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except OUTAGE_ERRORS as e:
+            attempt += 1
+            delay = next(delays)
+            if deadline is not None and time.time() + delay >= deadline:
+                raise
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("dependency unavailable; retrying", what=what, attempt=attempt, error=repr(e)[:300])
+            sleep(delay)

@@ -1,0 +1,72 @@
+"""Every Redis key the service uses, in one place. Keys are built only from server-generated ids and names.
+
+| key | type | holds |
+|---|---|---|
+| ``pb:batch:<id>`` | hash | the live batch record (JSON) and its version |
+| ``pb:batch:<id>:progress`` | hash | shard -> {"completed", "failed"}, overwritten, never incremented |
+| ``pb:batch:<id>:done`` | set | shards whose results are in storage |
+| ``pb:batch:<id>:attempts`` | hash | shard -> runs started |
+| ``pb:restore:<id>`` | string | held while one process rebuilds a batch Redis lost |
+| ``pb:lock:sweep`` | string | one recovery sweep at a time |
+| ``pb:models`` | set | every model a worker has served |
+| ``pb:worker:<id>`` | string, TTL | the model a live worker serves |
+| ``pb:stats:<worker>`` | string, TTL | the worker's engine stats (JSON) |
+| ``pb:latency:<model>`` | hash | request latency histogram counters |
+| ``pb:batches:active`` / ``pb:batches:finished`` | hash | batch id -> status / status -> count |
+| ``pb:trigger:<claim>`` | string | who started the batch for one S3 object version |
+| ``pb:list:<tenant>:<kind>[:records|:built]`` | zset / hash / string | a tenant's listing (jobs/store/listing.py) |
+| ``pb:fair:<model>:<part>[<suffix>]`` | see FAIR_PARTS | the fair dispatch queue (jobs/store/fair_queue.py) |
+| ``pagebatch.control``, ``model.<name>``, ``unacked_index`` | Celery | the task queues and kombu's unacked index |
+"""
+from __future__ import annotations
+
+PREFIX = "pb:"
+
+# Celery's Redis transport: a list per queue, and the sorted set of delivered-but-unacked messages.
+CONTROL_QUEUE = "pagebatch.control"
+UNACKED_INDEX = "unacked_index"
+
+BATCH_PARTS = ("progress", "done", "attempts")
+SWEEP_LOCK = f"{PREFIX}lock:sweep"
+MODELS = f"{PREFIX}models"
+WORKER_PREFIX = f"{PREFIX}worker:"
+STATS_PREFIX = f"{PREFIX}stats:"
+ACTIVE_BATCHES = f"{PREFIX}batches:active"
+FINISHED_BATCHES = f"{PREFIX}batches:finished"
+# The fair queue's parts: a ring (list) of tenants with waiting shards; per tenant ("batches:" + tenant) a ring
+# of its batches; per batch ("shards:" + batch id) its waiting "index:lines"; a set of waiting "batch|index";
+# a hash of shards in flight ("batch|index" -> "tenant|lines|sent|released_at"); a hash tenant -> lines in flight.
+FAIR_PARTS = ("tenants", "batches:", "shards:", "waiting", "in_flight", "tenant_lines")
+
+
+def model_queue(model: str) -> str:
+    """The Celery queue (a Redis list) of one model's shard tasks."""
+    return f"model.{model}"
+
+
+def batch(batch_id: str, part: str = "") -> str:
+    """The batch's record, or one of its BATCH_PARTS."""
+    assert part in ("", *BATCH_PARTS), part
+    return f"{PREFIX}batch:{batch_id}" + (f":{part}" if part else "")
+
+
+def batch_keys(batch_id: str) -> tuple[str, ...]:
+    return batch(batch_id), *(batch(batch_id, part) for part in BATCH_PARTS)
+
+
+def named(kind: str, name: str) -> str:
+    """``pb:<kind>:<name>`` for kind in restore, worker, stats, latency, trigger."""
+    assert kind in ("restore", "worker", "stats", "latency", "trigger"), kind
+    return f"{PREFIX}{kind}:{name}"
+
+
+def listing(tenant: str, kind: str, part: str = "") -> str:
+    """A tenant's listing of ``kind``: the sorted set of ids, or its ``records`` hash, or its ``built`` marker."""
+    assert part in ("", "records", "built", "built:lock"), part
+    return f"{PREFIX}list:{tenant}:{kind}" + (f":{part}" if part else "")
+
+
+def fair(model: str, part: str) -> str:
+    """One of the model's FAIR_PARTS (those ending in ':' are prefixes: append a tenant or a batch id)."""
+    assert part in FAIR_PARTS, part
+    return f"{PREFIX}fair:{model}:{part}"

@@ -1,0 +1,209 @@
+"""Live batch state in Redis, with a durable copy (batch.json) in storage.
+
+Per batch (see jobs/store/keys.py): the record with a version, per-shard progress (overwritten,
+never incremented, so a re-run shard cannot double-count), the set of shards whose results are in
+storage, and shard attempts. Status changes are lifecycle events (jobs/batch/lifecycle.py) applied
+in compare-and-set transactions; each one is followed by a write of batch.json.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+import redis
+
+from jobs.batch import lifecycle
+from jobs.batch.lifecycle import Event
+from jobs.batch.schema import BatchRecord, RequestCounts
+from jobs.store import keys, layout
+from jobs.store.listing import TenantListing
+from jobs.store.metrics import record_status
+from jobs.store.storage import NotFound, Storage
+
+_MARK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+return redis.call('SCARD', KEYS[3])
+"""
+_SET_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10,
+        retry_on_timeout=True,
+    )
+
+
+class BatchState:
+    def __init__(self, client: redis.Redis, storage: Storage, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self.storage = storage
+        self.ttl_s = ttl_s
+        self._mark_done = client.register_script(_MARK_DONE)
+        self._set_progress = client.register_script(_SET_PROGRESS)
+        self.listing = TenantListing(client, "batches", self._stored_ids)
+
+    # --- records -----------------------------------------------------------------------------
+    def create(self, record: BatchRecord) -> None:
+        """Live state, then the durable copy and the active marker that make a later Redis loss recoverable.
+
+        In this order the recovery sweeper never sees a marker for a batch that is merely not live yet.
+        """
+        self.load_live(record)
+        self.persist(record)
+        self.storage.put_bytes(layout.active_marker(record.id), record.tenant.encode())
+        self.listing.add(record.tenant, record.id)
+
+    def list(self, tenant: str, *, after: str | None, limit: int, order: str = "desc"
+             ) -> tuple[list[BatchRecord], bool]:
+        page, has_more = self.listing.page(tenant, after=after, limit=limit, order=order)
+        records = [record for batch_id, _ in page if (record := self.get(tenant, batch_id)) is not None]
+        return records, has_more
+
+    def _stored_ids(self, tenant: str) -> Iterable[tuple[str, None]]:
+        prefix = layout.batches_prefix(tenant)
+        for key in self.storage.list(prefix):
+            yield key.removeprefix(prefix).removesuffix(".json"), None
+
+    def load_live(self, record: BatchRecord, progress: dict[str, str] | None = None, done: Iterable[str] = ()) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(keys.batch(record.id), mapping={"record": record.model_dump_json(), "version": 1})
+        if not lifecycle.is_terminal(record.status):
+            record_status(pipe, record.id, None, record.status)
+        if progress:
+            pipe.hset(keys.batch(record.id, "progress"), mapping=progress)
+        done = list(done)
+        if done:
+            pipe.sadd(keys.batch(record.id, "done"), *done)
+        pipe.execute()
+
+    def exists_live(self, batch_id: str) -> bool:
+        return bool(self.r.exists(keys.batch(batch_id)))
+
+    def get_live(self, batch_id: str) -> BatchRecord | None:
+        raw = self.r.hget(keys.batch(batch_id), "record")
+        return None if raw is None else BatchRecord.model_validate_json(raw)
+
+    def get_durable(self, tenant: str, batch_id: str) -> BatchRecord | None:
+        try:
+            return BatchRecord.model_validate_json(self.storage.get_bytes(layout.batch_json(tenant, batch_id)))
+        except NotFound:
+            return None
+
+    def get(self, tenant: str, batch_id: str) -> BatchRecord | None:
+        """The batch as a user sees it now: live state with progress, else the durable copy."""
+        try:
+            record = self.get_live(batch_id)
+        except redis.RedisError:
+            record = None
+        if record is None:
+            record = self.get_durable(tenant, batch_id)
+        if record is None or record.tenant != tenant:
+            return None
+        if not lifecycle.is_terminal(record.status):
+            try:
+                record.request_counts = self.live_counts(batch_id, record.request_counts.total)
+            except redis.RedisError:
+                pass
+        return record
+
+    def live_counts(self, batch_id: str, total: int) -> RequestCounts:
+        completed = failed = 0
+        for raw in self.r.hvals(keys.batch(batch_id, "progress")):
+            p = json.loads(raw)
+            completed += p["completed"]
+            failed += p["failed"]
+        return RequestCounts(total=total, completed=completed, failed=failed)
+
+    def persist(self, record: BatchRecord) -> None:
+        self.storage.put_bytes(layout.batch_json(record.tenant, record.id), record.model_dump_json(indent=1).encode())
+
+    # --- transitions -------------------------------------------------------------------------
+    def update(
+        self, batch_id: str, change: Callable[[BatchRecord], bool], *, persist: bool = True
+    ) -> tuple[bool, BatchRecord | None]:
+        """Apply ``change`` atomically (optimistic WATCH/MULTI); it returns False to leave the record alone."""
+        key = keys.batch(batch_id)
+        outcome: dict[str, object] = {"changed": False, "record": None}
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.hget(key, "record")
+            outcome["changed"], outcome["record"] = False, None
+            if raw is None:
+                return
+            record = BatchRecord.model_validate_json(raw)
+            outcome["record"] = record
+            before = record.status
+            if not change(record):
+                return
+            pipe.multi()
+            pipe.hset(key, "record", record.model_dump_json())
+            pipe.hincrby(key, "version", 1)
+            record_status(pipe, batch_id, before, record.status)
+            if lifecycle.is_terminal(record.status):
+                for name in keys.batch_keys(batch_id):
+                    pipe.expire(name, self.ttl_s)
+            outcome["changed"] = True
+
+        self.r.transaction(txn, key)
+        record = outcome["record"]
+        if outcome["changed"] and persist and record is not None:
+            self._persist_latest(batch_id)
+        return bool(outcome["changed"]), record  # type: ignore[return-value]
+
+    def transition(
+        self, batch_id: str, event: Event, edit: Callable[[BatchRecord], bool | None] | None = None
+    ) -> tuple[bool, BatchRecord | None]:
+        """Apply a lifecycle event atomically; ``edit`` may change the record too, or return False to veto."""
+
+        def change(record: BatchRecord) -> bool:
+            if not lifecycle.allowed(record.status, event):
+                return False
+            if edit is not None and edit(record) is False:
+                return False
+            return lifecycle.apply(record, event)
+
+        return self.update(batch_id, change)
+
+    def _persist_latest(self, batch_id: str) -> None:
+        # Two writers can race; rewrite until the copy we wrote is the newest version.
+        for _ in range(5):
+            version = self.r.hget(keys.batch(batch_id), "version")
+            record = self.get_live(batch_id)
+            if record is None:
+                return
+            self.persist(record)
+            if self.r.hget(keys.batch(batch_id), "version") == version:
+                return
+
+    # --- shards --------------------------------------------------------------------------------
+    def set_progress(self, batch_id: str, shard: str, completed: int, failed: int) -> None:
+        payload = json.dumps({"completed": completed, "failed": failed})
+        self._set_progress(keys=self._shard_keys(batch_id), args=[shard, payload])
+
+    def mark_done(self, batch_id: str, shard: str, completed: int, failed: int) -> int:
+        """Record a shard as finished (once); returns how many shards are done, or -1 if the batch is not live."""
+        payload = json.dumps({"completed": completed, "failed": failed})
+        return int(self._mark_done(keys=self._shard_keys(batch_id), args=[shard, payload]))
+
+    @staticmethod
+    def _shard_keys(batch_id: str) -> list[str]:
+        return [keys.batch(batch_id), keys.batch(batch_id, "progress"), keys.batch(batch_id, "done")]
+
+    def done_shards(self, batch_id: str) -> set[str]:
+        return set(self.r.smembers(keys.batch(batch_id, "done")))
+
+    def is_done(self, batch_id: str, shard: str) -> bool:
+        return bool(self.r.sismember(keys.batch(batch_id, "done"), shard))
+
+    def count_attempt(self, batch_id: str, shard: str) -> int:
+        return int(self.r.hincrby(keys.batch(batch_id, "attempts"), shard, 1))
+
+    def forget_active(self, batch_id: str) -> None:
+        self.storage.delete(layout.active_marker(batch_id))
+

@@ -1,0 +1,106 @@
+"""A worker process: one long-lived engine, a Celery consumer running several shards at once on it."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import redis
+from celery import signals
+
+from jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
+from jobs.logs import configure_logging, get_logger
+from jobs.periodic import Periodic
+from jobs.pipeline.recovery import sweep_once_per_interval
+from jobs.services import Services
+from jobs.settings import Settings
+from jobs.store.keys import CONTROL_QUEUE, model_queue
+from jobs.store.metrics import LatencyBuffer
+from jobs.store.queues import create_celery
+from jobs.store.registry import forget_worker, register_model
+from jobs.worker.lease import LeaseKeeper
+from jobs.worker.tasks import WorkerRuntime, register_tasks
+from jobs.worker.telemetry import ObservedLoop, TelemetryPublisher
+
+log = get_logger(__name__)
+HEARTBEAT_S = 5.0
+
+
+class ModelHeartbeat:
+    """Advertises the served model (line validation checks it) and this worker while its engine is alive.
+
+    A worker whose engine thread died stops advertising and exits, so its shards go to another worker.
+    """
+
+    def __init__(self, client: redis.Redis, model: str, worker_id: str, loop: EngineHandle) -> None:
+        self.client, self.model, self.worker_id, self.loop = client, model, worker_id, loop
+
+    def beat(self) -> None:
+        if not self.loop.is_alive():
+            log.error("the engine thread died; stopping this worker so its shards go elsewhere",
+                      error=repr(self.loop.fatal_error))
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        register_model(self.client, self.model, self.worker_id, ttl_s=int(HEARTBEAT_S * 3))
+
+    def forget(self) -> None:
+        try:
+            forget_worker(self.client, self.worker_id)
+        except redis.RedisError:
+            pass
+
+
+def run_worker(settings: Settings, model_path: str, name: str | None, concurrency: int, options: EngineOptions) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    _quiet_celery_logging()
+    model = served_name(model_path, name)
+    worker_id = f"{model}@{socket.gethostname()}-{os.getpid()}"
+    log.info("loading model", model=model, path=model_path)
+    loop = start_engine(model_path, options, settings.kernels)
+    services = Services.from_settings(settings)
+    app = create_celery(settings)
+    latency = LatencyBuffer(model)
+    register_tasks(app, WorkerRuntime(services, ObservedLoop(loop, latency), model, worker_id))
+    telemetry = TelemetryPublisher(services.redis, loop, latency, worker_id, model, settings.stats_interval_s)
+    lease = LeaseKeeper(services.redis).install()
+    heartbeat = ModelHeartbeat(services.redis, model, worker_id, loop)
+    background = [
+        Periodic("lease", settings.lease_renew_interval_s, lease.renew),
+        Periodic("heartbeat", HEARTBEAT_S, heartbeat.beat, immediately=True),
+        Periodic("sweep", settings.sweep_interval_s, lambda: sweep_once_per_interval(services, settings.sweep_interval_s)),
+        Periodic("telemetry", settings.stats_interval_s, telemetry.publish, immediately=True),
+    ]
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_: Any) -> None:
+        for thread in background:  # advertise only once the consumer is listening
+            thread.start()
+        log.info("worker ready", model=model, worker=worker_id, queues=[model_queue(model), CONTROL_QUEUE])
+
+    worker = app.Worker(
+        hostname=worker_id, queues=[model_queue(model), CONTROL_QUEUE], pool="threads", concurrency=concurrency,
+        without_gossip=True, without_mingle=True, without_heartbeat=not settings.task_events,
+        loglevel=settings.log_level, optimization="fair", quiet=True,
+    )
+    try:
+        worker.start()
+    finally:
+        for thread in background:
+            thread.stop()
+        heartbeat.forget()
+        telemetry.close()
+        loop.close()
+    return int(worker.exitcode or 0)
+
+
+def _quiet_celery_logging() -> None:
+    # Our handler (configure_logging) formats everything; Celery must not install its own.
+    signals.setup_logging.connect(_keep_our_logging, weak=False)
+    # Celery's "Task received" line comes from the consumer, before a task's ids are bound (tasks.py).
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+
+
+def _keep_our_logging(**_: Any) -> None:
+    return None

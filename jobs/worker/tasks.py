@@ -1,0 +1,88 @@
+"""The Celery tasks: thin wrappers that hand each step to its module with the worker's runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from celery import Celery, Task, signals
+
+from jobs.engine_host import EngineHandle
+from jobs.logs import get_logger
+from jobs.pipeline.finalize import finalize_batch
+from jobs.pipeline.prepare import fail_batch, prepare_batch
+from jobs.pipeline.shard import run_shard
+from jobs.retry import through_outages
+from jobs.services import Services
+from jobs.store.queues import FINALIZE_TASK, PREPARE_TASK, SHARD_TASK
+
+log = get_logger(__name__)
+MAX_PREPARE_RETRIES = 10
+
+
+def _backoff(task: Task) -> int:
+    return min(60, 2 ** task.request.retries)
+
+
+@dataclass
+class WorkerRuntime:
+    """What a worker process holds for its whole life: one engine loop, one model name."""
+
+    services: Services
+    loop: EngineHandle
+    model_name: str
+    worker_id: str
+
+
+def _bind_task_ids(task: Task | None = None, args: Any = None, **_: Any) -> None:
+    """Every line a task logs, Celery's own included, carries its batch id (and shard)."""
+    if task is None or task.name not in (PREPARE_TASK, SHARD_TASK, FINALIZE_TASK) or not args:
+        return
+    ids: dict[str, Any] = {"batch_id": args[0], "tenant": args[1] if len(args) > 1 else None}
+    if task.name == SHARD_TASK and len(args) > 2:
+        ids["shard"] = args[2]
+    structlog.contextvars.bind_contextvars(**ids)
+
+
+def _unbind_task_ids(**_: Any) -> None:
+    structlog.contextvars.unbind_contextvars("batch_id", "tenant", "shard")
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
+    svc = runtime.services
+    signals.task_prerun.connect(_bind_task_ids, weak=False)
+    signals.task_postrun.connect(_unbind_task_ids, weak=False)
+
+    def redelivered(task: Task) -> bool:
+        return bool((task.request.delivery_info or {}).get("redelivered")) or task.request.retries > 0
+
+    # Storage or Redis outages are ridden out in the task (through_outages), so they cost time, never
+    # an attempt; other errors retry through the broker, and shard attempts are bounded.
+    @app.task(name=PREPARE_TASK, bind=True, max_retries=None)
+    def prepare(self: Task, batch_id: str, tenant: str) -> None:
+        try:
+            through_outages(lambda: prepare_batch(svc, batch_id, tenant, runtime.worker_id), what="prepare")
+        except Exception as e:
+            if self.request.retries >= MAX_PREPARE_RETRIES:
+                log.exception("prepare keeps failing; failing the batch", batch_id=batch_id)
+                fail_batch(svc, batch_id, tenant, "internal_error", f"the batch could not be prepared: {e}")
+                return
+            raise self.retry(exc=e, countdown=_backoff(self)) from e
+
+    @app.task(name=SHARD_TASK, bind=True, max_retries=None)
+    def shard(self: Task, batch_id: str, tenant: str, shard: int) -> None:
+        try:
+            run_shard(svc, runtime.loop, batch_id=batch_id, tenant=tenant, shard=shard,
+                      model_name=runtime.model_name, worker=runtime.worker_id, redelivered=redelivered(self))
+        except Exception as e:
+            raise self.retry(exc=e, countdown=_backoff(self)) from e
+        # Whatever the shard's outcome, its place in the model's fair share goes to the next shard.
+        through_outages(lambda: svc.dispatch.shard_done(batch_id, shard, runtime.model_name), what="fair queue")
+
+    # Finalize only merges what is already stored; it retries (with backoff) until storage lets it.
+    @app.task(name=FINALIZE_TASK, bind=True, max_retries=None)
+    def finalize(self: Task, batch_id: str, tenant: str) -> None:
+        try:
+            through_outages(lambda: finalize_batch(svc, batch_id, tenant), what="finalize")
+        except Exception as e:
+            raise self.retry(exc=e, countdown=_backoff(self)) from e

@@ -1,0 +1,72 @@
+"""A worker's side of ``/metrics``: it observes its engine and publishes what it sees to Redis."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextvars
+from typing import Any
+
+import redis
+
+from jobs.engine_host import EngineHandle
+from jobs.logs import get_logger
+from jobs.store.metrics import LatencyBuffer, publish_snapshot, remove_snapshot
+
+log = get_logger(__name__)
+
+
+class ObservedLoop:
+    """An ``EngineLoop`` whose finished requests are timed into ``latency`` and logged.
+
+    Futures resolve on the engine's thread, so the caller's logging context (batch id, shard) is
+    captured at submit time and restored for the log line.
+    """
+
+    def __init__(self, loop: EngineHandle, latency: LatencyBuffer) -> None:
+        self._loop = loop
+        self._latency = latency
+
+    def submit(self, prompt: Any, params: Any = None, request_id: str | None = None) -> cf.Future:
+        future = self._loop.submit(prompt, params, request_id=request_id)
+        context = contextvars.copy_context()
+        future.add_done_callback(lambda done: context.run(self._finished, done))
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def _finished(self, future: cf.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        out = future.result()
+        metrics = out.metrics
+        latencies: dict[str, float | None] = {}
+        # Aborted and rejected requests are counted, but their times would only blur the histograms.
+        if metrics is not None and out.finish_reason in ("stop", "length"):
+            latencies = {"queue_time": metrics.queue_time, "time_to_first_token": metrics.time_to_first_token,
+                         "total_time": metrics.total_time}
+        self._latency.observe(out.finish_reason or "unknown", latencies)
+        log.debug("request finished", request_id=out.request_id, finish_reason=out.finish_reason,
+                  prompt_tokens=out.num_prompt_tokens, cached_tokens=out.num_cached_tokens,
+                  completion_tokens=len(out.token_ids), **{k: v for k, v in latencies.items() if v is not None})
+
+
+class TelemetryPublisher:
+    """This worker's engine stats (with a TTL) and its new latency counts, published each period."""
+
+    def __init__(self, client: redis.Redis, loop: EngineHandle, latency: LatencyBuffer, worker: str, model: str,
+                 interval_s: float = 2.0) -> None:
+        self.client, self.loop, self.latency = client, loop, latency
+        self.worker, self.model = worker, model
+        # A few missed periods before the snapshot expires: a dead worker's gauges vanish quickly.
+        self.ttl_s = max(5, round(3 * interval_s))
+
+    def publish(self) -> None:
+        publish_snapshot(self.client, self.worker, self.model, self.loop.stats(), self.ttl_s)
+        self.latency.flush(self.client)
+
+    def close(self) -> None:
+        try:
+            self.latency.flush(self.client)
+            remove_snapshot(self.client, self.worker)
+        except redis.RedisError:
+            pass

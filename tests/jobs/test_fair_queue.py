@@ -1,0 +1,75 @@
+"""Fair dispatch on a real redis-server: round-robin between tenants and batches, a window, a per-tenant cap."""
+import pytest
+
+from jobs.store.fair_queue import FairQueue
+from jobs.store.state import connect
+
+MODEL = "m"
+
+
+@pytest.fixture
+def client(redis_server):
+    client = connect(redis_server.url.rsplit("/", 1)[0] + "/6")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def make(client, window=2, cap=0):
+    sent = []
+    queue = FairQueue(client, lambda batch, tenant, shard, model: sent.append((tenant, batch, shard)), window, cap)
+    return queue, sent
+
+
+def test_a_small_batch_behind_a_big_one_goes_next(client):
+    queue, sent = make(client, window=2)
+    queue.enqueue(MODEL, "big", "batch_big", [(i, 200) for i in range(250)])
+    assert sent == [("big", "batch_big", 0), ("big", "batch_big", 1)]  # the window is full
+    queue.enqueue(MODEL, "small", "batch_small", [(0, 10)])
+    assert len(sent) == 2 and queue.waiting(MODEL) == 249
+    queue.done(MODEL, "batch_big", 0)
+    assert sent[-1] == ("small", "batch_small", 0)  # the other tenant's turn, not the big batch's
+    queue.done(MODEL, "batch_small", 0)
+    queue.done(MODEL, "batch_big", 1)
+    assert sent[-2:] == [("big", "batch_big", 2), ("big", "batch_big", 3)]  # alone again: it gets every place
+
+
+def test_batches_of_one_tenant_take_turns_and_nothing_is_queued_twice(client):
+    queue, sent = make(client, window=1)
+    queue.enqueue(MODEL, "t", "batch_a", [(0, 5), (1, 5), (2, 5)])
+    queue.enqueue(MODEL, "t", "batch_b", [(0, 5), (1, 5)])
+    assert queue.enqueue(MODEL, "t", "batch_a", [(0, 5), (1, 5), (2, 5)]) == 0  # a redelivered prepare
+    order = [sent[-1][1:]]
+    for _ in range(4):
+        queue.done(MODEL, *order[-1])
+        order.append(sent[-1][1:])
+    assert order == [("batch_a", 0), ("batch_b", 0), ("batch_a", 1), ("batch_b", 1), ("batch_a", 2)]
+    queue.done(MODEL, "batch_a", 2)
+    assert queue.in_flight(MODEL) == [] and queue.waiting(MODEL) == 0
+
+
+def test_a_tenant_over_its_line_cap_waits_while_others_run(client):
+    queue, sent = make(client, window=10, cap=300)
+    queue.enqueue(MODEL, "greedy", "batch_g", [(i, 200) for i in range(5)])
+    assert [s[2] for s in sent] == [0]  # a second shard would put 400 lines in flight
+    queue.enqueue(MODEL, "other", "batch_o", [(0, 200), (1, 200)])
+    assert sent[1:] == [("other", "batch_o", 0)]
+    queue.done(MODEL, "batch_g", 0)
+    assert sent[-1] == ("greedy", "batch_g", 1)
+
+
+def test_a_release_whose_sender_died_is_sent_again(client):
+    calls = []
+
+    def flaky(batch, tenant, shard, model):
+        calls.append(shard)
+        if len(calls) == 1:
+            raise ConnectionError("the releasing process died here")
+
+    queue = FairQueue(client, flaky, window=4)
+    with pytest.raises(ConnectionError):
+        queue.enqueue(MODEL, "t", "batch_x", [(0, 1)])
+    [item] = queue.in_flight(MODEL)
+    assert not item.sent
+    assert queue.resend_unsent(MODEL, older_than_s=-1) == 1
+    assert calls == [0, 0] and queue.in_flight(MODEL)[0].sent
