@@ -1,12 +1,16 @@
 """The service's one typed configuration object, read from ``PAGEBATCH_*`` environment variables."""
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -59,6 +63,21 @@ class Settings(BaseSettings):
     # batch only for a bucket its caller's tenant owns, so no tenant can make the server read another's bucket.
     inbox_buckets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
+    # Completion webhooks (docs/api.md#webhooks), "tenant=https://host/path,tenant2=...": where each tenant's
+    # batch.completed / failed / expired / cancelled events are POSTed (http or https; redirects are not followed).
+    webhooks: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # "tenant=whsec_<base64>,...": each endpoint's Standard Webhooks signing secret (every endpoint needs one).
+    webhook_secrets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # A failed delivery (error, timeout, non-2xx) is retried after base * 2^(attempt-1) seconds, jittered down
+    # by up to half and capped at webhook_retry_max_s, until webhook_max_attempts or webhook_max_age_s after the event.
+    webhook_retry_base_s: float = Field(10.0, gt=0)
+    webhook_retry_max_s: float = Field(3600.0, gt=0)
+    webhook_max_attempts: int = Field(30, ge=1)
+    webhook_max_age_s: int = Field(24 * 3600, ge=1)
+    # One delivery's HTTP timeout (connect, write, read), and how often each worker looks for due deliveries.
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60)
+    webhook_interval_s: float = Field(1.0, gt=0)
+
     # GET /metrics answers only "Authorization: Bearer <token>" when set (it shows model names and queue depths).
     metrics_token: str | None = Field(None, min_length=16)
     # Serve /docs and /openapi.json (the interactive API description); off hides them.
@@ -90,6 +109,25 @@ class Settings(BaseSettings):
     def _parse_inbox_buckets(cls, value: object) -> object:
         return _tenant_map(value, "PAGEBATCH_INBOX_BUCKETS entries look like bucket=tenant or bucket-prefix*=tenant")
 
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _parse_webhooks(cls, value: object) -> object:
+        return _pair_map(value, "PAGEBATCH_WEBHOOKS entries look like tenant=https://host/path",
+                         lambda tenant, url: bool(_TENANT.match(tenant)) and _is_http_url(url))
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _parse_webhook_secrets(cls, value: object) -> object:
+        return _pair_map(value, "PAGEBATCH_WEBHOOK_SECRETS entries look like tenant=whsec_<base64>",
+                         lambda tenant, secret: bool(_TENANT.match(tenant)) and _is_webhook_secret(secret))
+
+    @model_validator(mode="after")
+    def _every_webhook_is_signed(self) -> "Settings":
+        unsigned = sorted(set(self.webhooks) - set(self.webhook_secrets))
+        if unsigned:
+            raise ValueError(f"PAGEBATCH_WEBHOOK_SECRETS has no secret for the webhooks of: {', '.join(unsigned)}")
+        return self
+
     def inbox_owner(self, bucket: str) -> str | None:
         """The tenant that owns an inbox bucket: an exact entry, else the longest matching ``prefix*`` entry."""
         if bucket in self.inbox_buckets:
@@ -110,15 +148,48 @@ class Settings(BaseSettings):
 
 def _tenant_map(value: object, usage: str) -> object:
     """Parse "name=tenant,name2=tenant2" (an environment string); anything else is left to pydantic."""
-    if not isinstance(value, str):
+    return _pair_map(value, usage, lambda _name, tenant: bool(_TENANT.match(tenant)))
+
+
+def _pair_map(value: object, usage: str, valid: Callable[[str, str], bool]) -> object:
+    """Parse "name=value,name2=value2" (split at each entry's first "="), each pair checked by ``valid``.
+
+    A dict is checked the same way; anything else is left to pydantic.
+    """
+    if isinstance(value, dict):
+        items = [(str(k).strip(), str(v).strip()) for k, v in value.items()]
+    elif isinstance(value, str):
+        items = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, val = item.partition("=")
+            if not sep:
+                raise ValueError(usage)
+            items.append((name.strip(), val.strip()))
+    else:
         return value
     pairs: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        name, sep, tenant = item.partition("=")
-        if not sep or not name.strip() or not _TENANT.match(tenant.strip()):
+    for name, val in items:
+        if not name or not valid(name, val):
             raise ValueError(usage)
-        pairs[name.strip()] = tenant.strip()
+        pairs[name] = val
     return pairs
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) > 0
+    except (binascii.Error, ValueError):
+        return False
 
 
 @lru_cache(maxsize=1)

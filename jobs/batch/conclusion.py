@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jobs.batch import lifecycle
 from jobs.batch.lifecycle import Event
-from jobs.batch.results import MergedCounts, ShardResult, merge_results
+from jobs.batch.merge import MergedCounts, Source, merge_results
 from jobs.batch.schema import BatchRecord
 
 RESULT_KINDS: tuple[str, ...] = ("output", "errors", "usage")
@@ -21,14 +21,14 @@ def result_paths(directory: Path) -> dict[str, Path]:
     return {kind: directory / f"{kind}.jsonl" for kind in RESULT_KINDS}
 
 
-def write_result_files(results: Iterable[ShardResult], directory: Path) -> MergedCounts:
-    """``output.jsonl``, ``errors.jsonl`` and ``usage.jsonl`` in ``directory``, merged in shard order."""
+def write_result_files(sources: Iterable[Source], directory: Path) -> MergedCounts:
+    """``output.jsonl``, ``errors.jsonl`` and ``usage.jsonl`` in ``directory``, in input-line order."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = result_paths(directory)
     with (paths["output"].open("w", encoding="utf-8") as output,
           paths["errors"].open("w", encoding="utf-8") as errors,
           paths["usage"].open("w", encoding="utf-8") as usage):
-        return merge_results(results, output, errors, usage)
+        return merge_results(sources, output, errors, usage)
 
 
 def conclude(record: BatchRecord, merged: MergedCounts, file_ids: dict[str, str | None]) -> Event:

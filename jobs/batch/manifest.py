@@ -10,6 +10,7 @@ class ShardPlan:
     index: int
     model: str
     lines: int
+    first_line: int = 0  # the shard's first input line: finalize reads shards in line order
 
 
 @dataclass

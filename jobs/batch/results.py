@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from jobs.batch.ids import LineIds
 from jobs.batch.responses import batch_error_line, request_error_line
@@ -31,24 +30,35 @@ class RequestContext:
     worker: str
 
 
+Entry = tuple[int, str]  # (the request's line in the input file, its JSONL text)
+
+
 @dataclass
 class ShardResult:
-    output: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    usage: list[str] = field(default_factory=list)
+    """What one shard (or prepare's rejected lines) produced, each entry with its input line."""
+
+    output: list[Entry] = field(default_factory=list)
+    errors: list[Entry] = field(default_factory=list)
+    usage: list[Entry] = field(default_factory=list)
     completed: int = 0
     failed: int = 0
     stopped: str | None = None  # "batch_cancelled" / "batch_expired" when the shard was cut short
 
     def add_output(self, line: dict[str, Any], usage: UsageRecord) -> None:
-        self.output.append(jsonl_line(line))
-        self.usage.append(jsonl_line(usage.model_dump(mode="json")))
+        self._add(self.output, line, usage)
         self.completed += 1
 
     def add_error(self, line: dict[str, Any], usage: UsageRecord) -> None:
-        self.errors.append(jsonl_line(line))
-        self.usage.append(jsonl_line(usage.model_dump(mode="json")))
+        self._add(self.errors, line, usage)
         self.failed += 1
+
+    def _add(self, entries: list[Entry], line: dict[str, Any], usage: UsageRecord) -> None:
+        number = usage.line or 0
+        entries.append((number, jsonl_line(line)))
+        self.usage.append((number, jsonl_line(usage.model_dump(mode="json"))))
+
+    def in_line_order(self, kind: str) -> list[Entry]:
+        return sorted(getattr(self, kind))
 
     def add_rejected(self, ctx: RequestContext, rejected: RejectedLine) -> None:
         ids = LineIds.of(ctx.batch_id, rejected.line)
@@ -65,7 +75,10 @@ class ShardResult:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "ShardResult":
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        for kind in ("output", "errors", "usage"):
+            data[kind] = [(int(n), text) for n, text in data[kind]]
+        return cls(**data)
 
 
 def usage_record(ctx: RequestContext, line: int, custom_id: str | None, model: str | None, finish_reason: str,
@@ -113,26 +126,3 @@ class UsageTotals:
             "input_tokens": self.prompt, "input_tokens_details": {"cached_tokens": self.cached},
             "output_tokens": self.completion, "total_tokens": self.prompt + self.completion,
         })
-
-
-@dataclass
-class MergedCounts:
-    completed: int = 0
-    failed: int = 0
-    expired: bool = False
-    totals: UsageTotals = field(default_factory=UsageTotals)
-
-
-def merge_results(results: Iterable[ShardResult], output: TextIO, errors: TextIO, usage: TextIO) -> MergedCounts:
-    """Concatenate shard results into the three result files; count them and sum the usage log."""
-    merged = MergedCounts()
-    for result in results:
-        for lines, sink in ((result.output, output), (result.errors, errors), (result.usage, usage)):
-            for line in lines:
-                sink.write(line + "\n")
-        for line in result.usage:
-            merged.totals.add_line(line)
-        merged.completed += result.completed
-        merged.failed += result.failed
-        merged.expired = merged.expired or result.stopped == "batch_expired"
-    return merged

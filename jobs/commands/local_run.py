@@ -20,7 +20,8 @@ from jobs.batch.conclusion import RESULT_KINDS, conclude, write_result_files
 from jobs.batch.ids import new_batch_id
 from jobs.batch.lifecycle import Event
 from jobs.batch.requests import CHAT
-from jobs.batch.results import MergedCounts, RequestContext, ShardResult
+from jobs.batch.merge import MergedCounts, loaded
+from jobs.batch.results import RequestContext, ShardResult
 from jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, BatchRecord
 from jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
 from jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
@@ -94,7 +95,7 @@ def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Pa
         loop.close()
     record.cancel_requested = result.stopped == "batch_cancelled"
     lifecycle.apply(record, Event.FINALIZE)
-    merged: MergedCounts = write_result_files([rejected, result], out_dir)
+    merged: MergedCounts = write_result_files([loaded(rejected), loaded(result)], out_dir)
     lifecycle.apply(record, conclude(record, merged, {kind: f"{kind}.jsonl" for kind in RESULT_KINDS}))
     _write_batch_json(out_dir, record)
     # Everything but loading the model: what a long-lived worker does per batch.

@@ -7,7 +7,7 @@ terminal transition is compare-and-set too, so a re-run finalize changes nothing
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.batch import lifecycle
@@ -15,6 +15,7 @@ from jobs.batch.conclusion import conclude, result_paths, write_result_files
 from jobs.batch.ids import derived_file_id
 from jobs.batch.lifecycle import BatchStatus, Event
 from jobs.batch.manifest import Manifest
+from jobs.batch.merge import Source
 from jobs.batch.results import ShardResult
 from jobs.batch.schema import BatchRecord
 from jobs.logs import get_logger
@@ -57,10 +58,16 @@ def maybe_finalize(svc: Services, batch_id: str, tenant: str, done: int, redeliv
         svc.dispatch.finalize(batch_id, tenant)
 
 
-def shard_results(svc: Services, tenant: str, batch_id: str, num_shards: int) -> Iterator[ShardResult]:
-    yield ShardResult.from_bytes(svc.storage.get_bytes(layout.prepare_result(tenant, batch_id)))
-    for shard in range(num_shards):
-        yield ShardResult.from_bytes(svc.storage.get_bytes(layout.shard_result(tenant, batch_id, shard)))
+def shard_results(svc: Services, tenant: str, batch_id: str, manifest: Manifest | None) -> list[Source]:
+    """Prepare's rejected lines and every shard's results, each loaded only when the merge reaches it."""
+
+    def load(key: str) -> Callable[[], ShardResult]:
+        return lambda: ShardResult.from_bytes(svc.storage.get_bytes(key))
+
+    sources: list[Source] = [(0, load(layout.prepare_result(tenant, batch_id)))]
+    for plan in manifest.shards if manifest else []:
+        sources.append((plan.first_line, load(layout.shard_result(tenant, batch_id, plan.index))))
+    return sources
 
 
 def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
@@ -70,10 +77,9 @@ def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
             publish_outbox(svc, record, only_if_missing=True)  # a retry after the outbox copy failed
         return  # lost from Redis (the sweeper restores it) or finalized already
     manifest = load_manifest(svc, tenant, batch_id)
-    num_shards = len(manifest.shards) if manifest else 0
     with tempfile.TemporaryDirectory(prefix="pagebatch-finalize-") as tmp:
         try:
-            merged = write_result_files(shard_results(svc, tenant, batch_id, num_shards), Path(tmp))
+            merged = write_result_files(shard_results(svc, tenant, batch_id, manifest), Path(tmp))
         except NotFound:
             if (svc.state.get_live(batch_id) or record).status != BatchStatus.FINALIZING:
                 return  # another finalize finished first and cleaned up

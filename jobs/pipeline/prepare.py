@@ -92,7 +92,7 @@ def _write_shard(svc: Services, record: BatchRecord, manifest: Manifest, model: 
     index = len(manifest.shards)
     data = "\n".join(job.to_json() for job in jobs).encode()
     svc.storage.put_bytes(layout.shard_input(record.tenant, record.id, index), data)
-    manifest.shards.append(ShardPlan(index, model, len(jobs)))
+    manifest.shards.append(ShardPlan(index, model, len(jobs), jobs[0].line))
 
 
 def fail_batch(svc: Services, batch_id: str, tenant: str, code: str, message: str, line: int | None = None) -> None:

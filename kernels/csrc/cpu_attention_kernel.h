@@ -288,8 +288,25 @@ inline void block_values(const float* __restrict p, int64_t ld, int G, int D_rt,
                          int64_t stop, float* __restrict acc, float* __restrict buf) {
 #if PAGEBATCH_AVX512
   if constexpr (DC > 0 && DC % 16 == 0) {
-    // Each value row is loaded (and converted) once per group of GB heads whose accumulators stay in registers.
     constexpr int C = DC / 16;
+#ifdef PAGEBATCH_FP32_GOUTER
+    if constexpr (std::is_same_v<T, float>) {
+      for (int g = 0; g < G; ++g) {
+        __m512 a[C];
+        float* ag = acc + g * DC;
+        for (int c = 0; c < C; ++c) a[c] = _mm512_loadu_ps(ag + 16 * c);
+        const float* pg = p + g * ld;
+        for (int64_t t = 0; t < stop; ++t) {
+          const __m512 w = _mm512_set1_ps(pg[t]);
+          const float* vt = v + t * token_stride;
+          for (int c = 0; c < C; ++c) a[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vt + 16 * c), a[c]);
+        }
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(ag + 16 * c, a[c]);
+      }
+      return;
+    }
+#endif
+    // Each value row is loaded (and converted) once per group of GB heads whose accumulators stay in registers.
 #ifndef PAGEBATCH_ACC_REGS
 #define PAGEBATCH_ACC_REGS 24
 #endif
