@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -11,6 +13,8 @@ from api import batches, events, files, health, metrics
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from jobs.logs import configure_logging
+from jobs.periodic import Periodic
+from jobs.pipeline.sweeper import sweep_once_per_interval
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
 
@@ -20,10 +24,20 @@ MULTIPART_OVERHEAD = 64 * 1024
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = FastAPI(title="pagebatch", version="0.1.0", redoc_url=None,
+    services = Services.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The API sweeps too (one process at a time does): deadlines hold even when no worker runs.
+        sweeper = Periodic("sweep", settings.sweep_interval_s,
+                           lambda: sweep_once_per_interval(services, settings.sweep_interval_s)).start()
+        yield
+        sweeper.stop()
+
+    app = FastAPI(title="pagebatch", version="0.1.0", redoc_url=None, lifespan=lifespan,
                   docs_url="/docs" if settings.api_docs else None,
                   openapi_url="/openapi.json" if settings.api_docs else None)
-    app.state.services = Services.from_settings(settings)
+    app.state.services = services
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(batches.router)

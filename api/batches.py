@@ -21,12 +21,14 @@ class CreateBatch(BaseModel):
     endpoint: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
 
 
 @router.post("")
 def create(svc: Svc, owner: Tenant, body: CreateBatch) -> dict[str, Any]:
     record = create_batch(svc, owner, input_file_id=body.input_file_id, endpoint=body.endpoint,
-                          completion_window=body.completion_window, metadata=body.metadata)
+                          completion_window=body.completion_window, metadata=body.metadata,
+                          output_expires_after=body.output_expires_after)
     return record.public()
 
 

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import list_page, services, tenant
 from api.errors import APIError, not_found
+from jobs.pipeline.batches import expires_after_seconds
 from jobs.services import Services
 from jobs.store.storage import NotFound
 
@@ -17,15 +18,19 @@ Tenant = Annotated[str, Depends(tenant)]
 
 
 @router.post("")
-def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
-           ) -> dict[str, Any]:
+def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+           anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+           seconds: Annotated[str | None, Form(alias="expires_after[seconds]")] = None) -> dict[str, Any]:
     if purpose != "batch":
         raise APIError(400, "purpose must be batch", param="purpose")
+    expires = None if anchor is None and seconds is None else {"anchor": anchor, "seconds": seconds}
+    expires_after_s = expires_after_seconds(expires, "expires_after")
     size = file.size if file.size is not None else _measure(file)
     if size > svc.settings.max_upload_bytes:
         raise APIError(413, f"file larger than {svc.settings.max_upload_bytes} bytes", code="file_too_large")
     file.file.seek(0)
-    record = svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size)
+    record = svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size,
+                              expires_after_s=expires_after_s)
     return record.public()
 
 

@@ -2,8 +2,9 @@
 
 Everything slow or fallible about a new request happens here, before the engine thread sees it:
 checking its parameters, rendering the chat template, tokenizing (bounded first by the prompt's
-length in characters), checking it can fit in the KV pool, and building its generator, stop-string
-detokenizer and label trie. It is thread-safe, so ``EngineLoop.submit`` runs it on the caller's thread.
+length in characters), checking it fits the context and the KV pool, and building its generator,
+stop-string detokenizer, label trie and logits-adjustment tensors (penalties, logit_bias, min_tokens).
+It is thread-safe, so ``EngineLoop.submit`` runs it on the caller's thread.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from engine.choices import ChoiceState, ChoiceTrie
 from engine.detokenizer import IncrementalDetokenizer
 from engine.inputs import Prompt, PromptProcessor, RequestRejected
 from engine.request import Request
+from engine.sampler import LogitsState
 from engine.sampling_params import SamplingParams
+from engine.stopping import MinTokensDetokenizer
 
 MAX_CACHED_TRIES = 256
 
@@ -50,6 +53,8 @@ class RequestBuilder:
                 trie = self._choice_trie(tuple(params.choices))
                 # a label ends at its last token (plus one closing token when it prefixes another)
                 choice_state, max_new_tokens = ChoiceState(trie, min(self.eos_token_ids)), trie.depth + 1
+            elif params.reject_over_context:
+                self._check_context(len(ids), params.max_tokens)
             self._check_fits(len(ids), max_new_tokens)
         except ValueError as exc:  # RequestRejected, or SamplingParams.validate's ValueError
             rejected = exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc))
@@ -59,8 +64,27 @@ class RequestBuilder:
         generator = None if params.greedy else torch.Generator(device=self.device).manual_seed(seed)
         detokenizer = None
         if params.stop and params.choices is None:  # a label ends at its last token; stop strings do not apply
-            detokenizer = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens)
-        return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer, choice_state=choice_state)
+            if params.min_tokens:
+                detokenizer = MinTokensDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens,
+                                                   params.min_tokens)
+            else:
+                detokenizer = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens)
+        logits_state = None
+        if params.penalized:
+            stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+            logits_state = LogitsState(params, ids, stop_ids, self.device)
+        return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer,
+                       choice_state=choice_state, logits_state=logits_state)
+
+    def _check_context(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """OpenAI's rule: the prompt plus max_tokens must fit the model's context (otherwise max_tokens is capped)."""
+        if num_prompt_tokens + max_tokens > self.max_model_len:
+            raise RequestRejected(
+                f"this model's maximum context length is {self.max_model_len} tokens, but {num_prompt_tokens + max_tokens} "
+                f"were requested ({num_prompt_tokens} in the prompt, {max_tokens} for the completion); "
+                "lower max_tokens or shorten the prompt",
+                code="context_length_exceeded",
+            )
 
     def _check_fits(self, num_prompt_tokens: int, max_new_tokens: int) -> None:
         longest = min(num_prompt_tokens + max_new_tokens, self.max_model_len)

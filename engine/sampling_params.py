@@ -8,9 +8,15 @@ range, so nothing a user sends can overflow a tensor or divide by zero in the sh
 - top_p: a finite number in (0, 1]. top_k: -1 or 0 (off) or any positive integer (the sampler
   clamps it to the vocabulary).
 - seed: an integer in int64's range [-2**63, 2**63); anything outside is rejected, not wrapped.
-- max_tokens >= 1 (the context caps it); logprobs in [0, 20]; at most 16 stop strings of at most
-  1024 characters, at most 1024 stop_token_ids; choices: 1 to 1024 non-empty strings of at most
-  2048 characters each.
+- max_tokens >= 1 (the context caps it, or with ``reject_over_context`` a prompt + max_tokens beyond
+  the context is rejected as ``context_length_exceeded``, as OpenAI does); logprobs in [0, 20]; at
+  most 16 stop strings of at most 1024 characters, at most 1024 stop_token_ids; choices: 1 to 1024
+  non-empty strings of at most 2048 characters each.
+- presence_penalty, frequency_penalty: finite numbers in [-2, 2] (OpenAI's semantics, over the
+  generated tokens); repetition_penalty in (0, 2] (vLLM's / Hugging Face's, over prompt and generated
+  tokens; 1 is off); logit_bias: at most 300 token ids of the vocabulary, each biased by a number in
+  [-100, 100]; min_tokens: an integer in [0, max_tokens], not with choices (a label ends at its last token).
+  Penalties and logit_bias with choices reweigh the labels: they apply before the label mask.
 
 Each error message starts with the parameter's name.
 """
@@ -27,6 +33,9 @@ MAX_STOP_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 1024
 MAX_CHOICES = 1024
 MAX_CHOICE_CHARS = 2048
+MAX_PENALTY = 2.0  # presence / frequency penalties: [-2, 2]; repetition penalty: (0, 2]
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_TOKENS = 300
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -44,10 +53,26 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # Restrict the answer to one of these strings (labeling); the engine decodes through a token trie.
     choices: list[str] | None = None
+    # Logits adjustments, applied to the rows that use them before temperature, top-k and top-p (and before
+    # the label mask of choices), greedy rows included:
+    presence_penalty: float = 0.0  # logits[t] -= presence_penalty when t was generated at least once
+    frequency_penalty: float = 0.0  # logits[t] -= frequency_penalty * (times t was generated)
+    repetition_penalty: float = 1.0  # t in prompt or output: positive logits divided by it, negative multiplied
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    min_tokens: int = 0  # EOS and stop_token_ids are suppressed, stop strings ignored, until this many tokens
+    # False: max_tokens is capped by what the context leaves; True: prompt + max_tokens beyond the model's
+    # context is rejected (context_length_exceeded, OpenAI's behaviour). Labels (choices) are exempt.
+    reject_over_context: bool = False
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any logits adjustment (penalties, logit_bias, min_tokens) applies."""
+        return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+                or bool(self.logit_bias) or self.min_tokens > 0)
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise ValueError naming the bad field and what would be accepted; never any other exception."""
@@ -65,12 +90,41 @@ class SamplingParams:
             raise ValueError(f"seed must be an integer in [{INT64_MIN}, {INT64_MAX}], got {_show(self.seed)}")
         if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {_show(self.logprobs)}")
-        for name in ("ignore_eos", "skip_special_tokens"):
+        for name in ("ignore_eos", "skip_special_tokens", "reject_over_context"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean, got {_show(getattr(self, name))}")
         self._validate_stops(vocab_size)
+        self._validate_penalties(vocab_size)
         if self.choices is not None:
             self._validate_choices()
+            if self.min_tokens:
+                raise ValueError("min_tokens cannot be combined with choices: a label ends at its last token")
+
+    def _validate_penalties(self, vocab_size: int | None) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_finite(value) or not -MAX_PENALTY <= value <= MAX_PENALTY:
+                raise ValueError(f"{name} must be a number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {_show(value)}")
+        if not _is_finite(self.repetition_penalty) or not 0 < self.repetition_penalty <= MAX_PENALTY:
+            raise ValueError(f"repetition_penalty must be a number in (0, {MAX_PENALTY:g}], "
+                             f"got {_show(self.repetition_penalty)}")
+        if not _is_int(self.min_tokens) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be an integer >= 0, got {_show(self.min_tokens)}")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be at most max_tokens ({self.max_tokens}), got {self.min_tokens}")
+        bias = self.logit_bias
+        if bias is None:
+            return
+        if not isinstance(bias, dict):
+            raise ValueError(f"logit_bias must be a map of token ids to numbers, got {_show(bias)}")
+        if len(bias) > MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"logit_bias: at most {MAX_LOGIT_BIAS_TOKENS} tokens can be biased, got {len(bias)}")
+        for token, value in bias.items():
+            if not _is_int(token) or token < 0 or (vocab_size is not None and token >= vocab_size):
+                raise ValueError(f"logit_bias keys must be token ids in [0, {vocab_size}), got {_show(token)}")
+            if not _is_finite(value) or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+                raise ValueError(f"logit_bias values must be numbers in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                                 f"got {_show(value)} for token {token}")
 
     def _validate_stops(self, vocab_size: int | None) -> None:
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):

@@ -148,6 +148,8 @@ class Settings(BaseSettings):
 
 def _tenant_map(value: object, usage: str) -> object:
     """Parse "name=tenant,name2=tenant2" (an environment string); anything else is left to pydantic."""
+    if not isinstance(value, str):
+        return value
     return _pair_map(value, usage, lambda _name, tenant: bool(_TENANT.match(tenant)))
 
 

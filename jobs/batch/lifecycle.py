@@ -40,9 +40,11 @@ TRANSITIONS: dict[Event, dict[BatchStatus, BatchStatus]] = {
     Event.FAIL: {S.VALIDATING: S.FAILED, S.CANCELLING: S.FAILED},
     Event.FINALIZE: {S.IN_PROGRESS: S.FINALIZING, S.CANCELLING: S.FINALIZING},
     Event.COMPLETE: {S.FINALIZING: S.COMPLETED},
-    Event.EXPIRE: {S.FINALIZING: S.EXPIRED},
-    Event.END_CANCELLED: {S.FINALIZING: S.CANCELLED},
+    Event.EXPIRE: {S.FINALIZING: S.EXPIRED, S.VALIDATING: S.EXPIRED},
+    Event.END_CANCELLED: {S.FINALIZING: S.CANCELLED, S.CANCELLING: S.CANCELLED},
 }
+# The shortcuts from validating/cancelling straight to expired/cancelled are for batches that were never
+# prepared (no worker took them): nothing ran, so there is nothing to merge (jobs/pipeline/deadlines.py).
 TERMINAL: frozenset[BatchStatus] = frozenset({S.FAILED, S.COMPLETED, S.EXPIRED, S.CANCELLED})
 ACTIVE: tuple[BatchStatus, ...] = tuple(s for s in BatchStatus if s not in TERMINAL)
 

@@ -5,7 +5,7 @@ A line is parsed when its file is validated; the parsed request is what a shard 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine.sampling_params import SamplingParams
@@ -15,11 +15,27 @@ COMPLETIONS = "/v1/completions"
 
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Accepted and ignored: they change nothing about the generated text.
-_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"}
+_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls",
+            "prompt_cache_key", "safety_identifier"}
 _COMMON = {"temperature", "top_p", "seed", "stop", "n", "stream", "max_tokens", "presence_penalty",
-           "frequency_penalty", "top_k", "ignore_eos", "structured_outputs", "response_format"}
+           "frequency_penalty", "logit_bias", "top_k", "repetition_penalty", "min_tokens", "ignore_eos",
+           "structured_outputs", "response_format"}
 _CHAT_ONLY = {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
 _COMPLETION_ONLY = {"prompt", "logprobs", "echo", "best_of", "suffix"}
+# OpenAI parameters this server knows but cannot honour: a line that sets one is refused, naming it and why.
+_UNSUPPORTED = {
+    "tools": "tool calls are not supported (text generation only)",
+    "tool_choice": "tool calls are not supported (text generation only)",
+    "functions": "function calls are not supported (text generation only)",
+    "function_call": "function calls are not supported (text generation only)",
+    "audio": "audio output is not supported (text generation only)",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "reasoning models are not served here",
+    "verbosity": "reasoning models are not served here",
+}
+MAX_N = 128  # choices per line
 MAX_LABELS = 1024  # the engine's bound on choices
 MAX_LABEL_CHARS = 512
 _SCHEMA_ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment"}
@@ -42,45 +58,70 @@ Prompt = str | list[int] | list[dict[str, str]]
 class EngineRequest:
     prompt: Prompt
     params: SamplingParams
+    n: int = 1  # choices: one engine request each
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "params": asdict(self.params)}
+        return {"prompt": self.prompt, "params": asdict(self.params), "n": self.n}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EngineRequest":
-        return cls(data["prompt"], SamplingParams(**data["params"]))
+        params = dict(data["params"])
+        if params.get("logit_bias"):  # JSON object keys are strings
+            params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
+        return cls(data["prompt"], SamplingParams(**params), data.get("n", 1))
+
+    def choice_params(self, index: int) -> SamplingParams:
+        """The parameters of choice ``index``: with a seed, each choice gets its own seed derived from it (choice 0
+        keeps it), so the choices differ and a rerun reproduces every one of them."""
+        if index == 0 or self.params.seed is None:
+            return self.params
+        return replace(self.params, seed=derived_seed(self.params.seed, index))
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """A distinct int64 seed per index (an odd-multiplier step mod 2**64 is a bijection of the index)."""
+    value = (seed + index * 0x9E3779B97F4A7C15) % 2**64
+    return value - 2**64 if value >= 2**63 else value
 
 
 def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> EngineRequest:
     allowed = _IGNORED | _COMMON | (_CHAT_ONLY if endpoint == CHAT else _COMPLETION_ONLY)
-    unknown = sorted(set(body) - allowed)
+    unsupported = sorted(k for k in body if k in _UNSUPPORTED and body[k] is not None)
+    if unsupported:
+        name = unsupported[0]
+        raise LineError(f"{name} is not supported by this server: {_UNSUPPORTED[name]}", "unsupported_parameter", name)
+    unknown = sorted(set(body) - allowed - set(_UNSUPPORTED))
     if unknown:
         raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
-    _require(body.get("n", 1) == 1, "only n=1 is supported in batches", "n")
+    n = body.get("n")
+    n = 1 if n is None else n
+    _require(_is_int(n) and 1 <= n <= MAX_N, f"n must be an integer in [1, {MAX_N}], got {str(n)[:40]}", "n")
     _require(body.get("stream", False) in (False, None), "stream is not supported in batches", "stream")
-    for name in ("presence_penalty", "frequency_penalty"):
-        _require(body.get(name, 0) in (0, 0.0, None), f"{name} is not supported by this server", name)
 
     if endpoint == CHAT:
         prompt: Any = _chat_messages(body.get("messages"))
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        max_tokens = body.get("max_completion_tokens")
+        max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
         logprobs = None
         if body.get("logprobs"):
             _require(body["logprobs"] is True, "logprobs must be a boolean", "logprobs")
             logprobs = body.get("top_logprobs") or 0
         else:
             _require(body.get("top_logprobs") is None, "top_logprobs requires logprobs to be true", "top_logprobs")
+        explicit_max = max_tokens is not None
         if max_tokens is None:
             max_tokens = default_max_tokens
     else:
         prompt = _completion_prompt(body.get("prompt"))
         _require(not body.get("echo"), "echo is not supported", "echo")
-        _require(body.get("best_of", 1) in (1, None), "only best_of=1 is supported", "best_of")
+        _require(body.get("best_of") in (None, 1, n), "best_of other than 1 or n is not supported (no ranking of "
+                 "candidates)", "best_of")
         _require(body.get("suffix") is None, "suffix is not supported", "suffix")
         logprobs = body.get("logprobs")
         _require(logprobs is None or (_is_int(logprobs) and 0 <= logprobs <= 5), "logprobs must be an integer in [0, 5]",
                  "logprobs")
-        max_tokens = body.get("max_tokens", 16)
+        explicit_max = body.get("max_tokens") is not None
+        max_tokens = body["max_tokens"] if explicit_max else 16
 
     choices = _label_choices(body)
     # A label is the whole answer: the engine ends it at the label's last token, so stop strings have no say.
@@ -95,12 +136,35 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
         ignore_eos=bool(body.get("ignore_eos", False)),
         logprobs=logprobs,
         choices=choices,
+        presence_penalty=_number(body, "presence_penalty", 0.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0),
+        logit_bias=_logit_bias(body.get("logit_bias")),
+        min_tokens=_number(body, "min_tokens", 0),
+        # OpenAI refuses a max_tokens the context cannot hold; a default one is capped by the context instead
+        reject_over_context=explicit_max,
     )
     try:
         params.validate()
     except ValueError as e:
         raise LineError(str(e), "invalid_parameter", _param_named_in(str(e))) from None
-    return EngineRequest(prompt, params)
+    return EngineRequest(prompt, params, n)
+
+
+def _logit_bias(value: Any) -> dict[int, Any] | None:
+    """OpenAI sends ``{"50256": -100}``: token ids as strings (ints are taken too); the engine checks the ranges."""
+    if value is None or value == {}:
+        return None
+    _require(isinstance(value, dict), "logit_bias must be an object mapping token ids to numbers in [-100, 100]",
+             "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 12:
+            key = int(key)
+        _require(_is_int(key), f"logit_bias keys must be token ids (integers, as strings), got {str(key)[:40]!r}",
+                 "logit_bias")
+        out[key] = bias
+    return out
 
 
 def _label_choices(body: dict[str, Any]) -> list[str] | None:
@@ -171,7 +235,7 @@ def _number(body: dict[str, Any], name: str, default: float) -> Any:
 
 
 def _param_named_in(message: str) -> str | None:
-    first = message.split(" ", 1)[0]
+    first = message.split(" ", 1)[0].rstrip(":,")
     return first if first.isidentifier() else None
 
 
@@ -182,12 +246,21 @@ def _chat_messages(messages: Any) -> list[dict[str, str]]:
         raise LineError("messages must be a non-empty list", "invalid_parameter", "messages")
     out = []
     for i, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") in ("tool", "function"):
+            raise LineError(f"messages[{i}]: {message['role']} messages are not supported (no tool calls)",
+                            "unsupported_parameter", "messages")
         if not isinstance(message, dict) or message.get("role") not in _CHAT_ROLES:
             raise LineError(f"messages[{i}] needs a role in {sorted(_CHAT_ROLES)}", "invalid_parameter", "messages")
         content = message.get("content")
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-                raise LineError(f"messages[{i}].content: only text parts are supported", "invalid_parameter", "messages")
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text" and isinstance(kind, str) and kind:
+                    raise LineError(f"messages[{i}].content: {kind[:40]} parts are not supported; only text parts are",
+                                    "unsupported_parameter", "messages")
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise LineError(f"messages[{i}].content: each part must be {{\"type\": \"text\", \"text\": ...}}",
+                                    "invalid_parameter", "messages")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise LineError(f"messages[{i}].content must be a string", "invalid_parameter", "messages")

@@ -1,35 +1,77 @@
 """Engine outputs -> OpenAI response bodies, and the output and error lines of a batch's result files."""
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from engine import RequestMetrics
 
 from jobs.batch.ids import LineIds
 from jobs.batch.requests import CHAT, LineError
 
 
-def response_body(endpoint: str, model: str, output: Any, response_id: str) -> dict[str, Any]:
-    completion_tokens = len(output.token_ids)
+def response_body(endpoint: str, model: str, output: Any | Sequence[Any], response_id: str) -> dict[str, Any]:
+    """One body for a line: ``output`` is its engine output, or one per choice (``n``), in choice order.
+
+    As OpenAI does, the usage counts the prompt once and the completion tokens of every choice.
+    """
+    outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+    first = outputs[0]
+    completion_tokens = sum(len(o.token_ids) for o in outputs)
     usage = {
-        "prompt_tokens": output.num_prompt_tokens,
+        "prompt_tokens": first.num_prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": output.num_prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": output.num_cached_tokens},
+        "total_tokens": first.num_prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": first.num_cached_tokens},
     }
     created = int(time.time())
     if endpoint == CHAT:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": output.text, "refusal": None},
-            "logprobs": _chat_logprobs(output.logprobs),
-            "finish_reason": output.finish_reason,
-        }
+        choices = [{
+            "index": i,
+            "message": {"role": "assistant", "content": o.text, "refusal": None},
+            "logprobs": _chat_logprobs(o.logprobs),
+            "finish_reason": o.finish_reason,
+        } for i, o in enumerate(outputs)]
         return {"id": f"chatcmpl-{response_id}", "object": "chat.completion", "created": created, "model": model,
-                "choices": [choice], "usage": usage, "system_fingerprint": None}
-    choice = {"index": 0, "text": output.text, "logprobs": _completion_logprobs(output.logprobs),
-              "finish_reason": output.finish_reason}
+                "choices": choices, "usage": usage, "system_fingerprint": None}
+    choices = [{"index": i, "text": o.text, "logprobs": _completion_logprobs(o.logprobs), "finish_reason": o.finish_reason}
+               for i, o in enumerate(outputs)]
     return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
-            "choices": [choice], "usage": usage}
+            "choices": choices, "usage": usage}
+
+
+def combined_output(outputs: Sequence[Any]) -> Any:
+    """The choices of one line as one RequestOutput-like record for the usage log (``results.usage_record``):
+    the prompt counted once (choice 0's, with its cached tokens), the completion tokens of every choice, and
+    timings from the first arrival, scheduling and token to the last finish. ``finish_reason`` is "length"
+    when any choice was cut by it, else choice 0's."""
+    if len(outputs) == 1:
+        return outputs[0]
+    first = outputs[0]
+    metrics = [o.metrics for o in outputs if o.metrics is not None]
+    combined = None
+    if metrics:
+        def earliest(name: str) -> float | None:
+            values = [getattr(m, name) for m in metrics if getattr(m, name) is not None]
+            return min(values) if values else None
+
+        finished = [m.finished_time for m in metrics]
+        combined = RequestMetrics(
+            arrival_time=min(m.arrival_time for m in metrics),
+            first_scheduled_time=earliest("first_scheduled_time"),
+            first_token_time=earliest("first_token_time"),
+            finished_time=None if None in finished else max(finished),
+        )
+    reasons = [o.finish_reason for o in outputs]
+    return dataclasses.replace(
+        first,
+        token_ids=[t for o in outputs for t in o.token_ids],
+        logprobs=None,
+        finish_reason="length" if "length" in reasons else first.finish_reason,
+        metrics=combined,
+    )
 
 
 def _bytes(token: str) -> list[int]:

@@ -82,10 +82,12 @@ class BatchRecord(Batch):
     # s3://bucket/prefix/ the finished batch's files are copied to (see jobs/outbox.py).
     default_model: str | None = None
     outbox: str | None = None
+    # output_expires_after.seconds: the result files are deleted this long after they are written.
+    output_expires_after_s: int | None = None
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"tenant", "num_shards", "cancel_requested", "default_model",
-                                                     "outbox"})
+                                                     "outbox", "output_expires_after_s"})
 
 
 FilePurpose = Literal["batch", "batch_output"]

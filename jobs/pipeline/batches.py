@@ -28,6 +28,24 @@ def window_seconds(window: str, max_s: int) -> int:
     return seconds
 
 
+EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)  # OpenAI's bounds: one hour to 30 days
+
+
+def expires_after_seconds(value: object, param: str) -> int | None:
+    """``{"anchor": "created_at", "seconds": N}`` (OpenAI's expires_after) -> N, or None when absent."""
+    if value is None:
+        return None
+    low, high = EXPIRES_AFTER_S
+    if not isinstance(value, dict) or value.get("anchor") != "created_at" or set(value) - {"anchor", "seconds"}:
+        raise JobError(f'{param} must be {{"anchor": "created_at", "seconds": N}}', param=param)
+    seconds = value.get("seconds")
+    if isinstance(seconds, str) and seconds.isdigit():
+        seconds = int(seconds)
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not low <= seconds <= high:
+        raise JobError(f"{param}.seconds must be an integer from {low} to {high}", param=param)
+    return seconds
+
+
 def check_metadata(metadata: dict[str, str] | None) -> None:
     if metadata is None:
         return
@@ -40,12 +58,13 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
 
 def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: str, completion_window: str,
                  metadata: dict[str, str] | None, batch_id: str | None = None, default_model: str | None = None,
-                 outbox: str | None = None) -> BatchRecord:
+                 outbox: str | None = None, output_expires_after: dict | None = None) -> BatchRecord:
     """``batch_id``, ``default_model`` and ``outbox`` are for S3 triggers (jobs/pipeline/triggers), never from a request."""
     if endpoint not in ENDPOINTS:
         raise JobError(f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint")
     window = window_seconds(completion_window, svc.settings.max_completion_window_s)
     check_metadata(metadata)
+    output_expires_after_s = expires_after_seconds(output_expires_after, "output_expires_after")
     file = svc.files.get(tenant, input_file_id)
     if file is None:
         raise JobError(f"No such File object: {input_file_id}", ErrorKind.NOT_FOUND, param="input_file_id")
@@ -54,7 +73,8 @@ def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: st
     now = int(time.time())
     record = BatchRecord(id=batch_id or new_batch_id(), tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
                          completion_window=completion_window, created_at=now, expires_at=now + window,
-                         metadata=metadata, default_model=default_model, outbox=outbox)
+                         metadata=metadata, default_model=default_model, outbox=outbox,
+                         output_expires_after_s=output_expires_after_s)
     svc.state.create(record)
     svc.dispatch.prepare(record.id, tenant)
     log.info("batch created", batch_id=record.id, tenant=tenant, input_file_id=input_file_id, endpoint=endpoint)

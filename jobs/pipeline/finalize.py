@@ -20,6 +20,7 @@ from jobs.batch.results import ShardResult
 from jobs.batch.schema import BatchRecord
 from jobs.logs import get_logger
 from jobs.pipeline.outbox import publish as publish_outbox
+from jobs.pipeline.webhooks import enqueue as enqueue_webhook
 from jobs.services import Services
 from jobs.store import layout
 from jobs.store.storage import NotFound
@@ -74,6 +75,7 @@ def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
     record = svc.state.get_live(batch_id)
     if record is None or record.status != BatchStatus.FINALIZING:
         if record is not None and lifecycle.is_terminal(record.status):
+            enqueue_webhook(svc, record)  # a retry after the enqueue failed (known events are ignored)
             publish_outbox(svc, record, only_if_missing=True)  # a retry after the outbox copy failed
         return  # lost from Redis (the sweeper restores it) or finalized already
     manifest = load_manifest(svc, tenant, batch_id)
@@ -95,6 +97,7 @@ def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
         svc.state.forget_active(batch_id)
         svc.storage.delete_prefix(layout.work_prefix(tenant, batch_id))
         if finished is not None:
+            enqueue_webhook(svc, finished)  # only recorded in Redis; the workers' webhooks thread sends it
             publish_outbox(svc, finished)
 
 
@@ -104,5 +107,6 @@ def _store(svc: Services, record: BatchRecord, kind: str, path: Path) -> str | N
         return None
     with path.open("rb") as f:
         stored = svc.files.create(record.tenant, f"{record.id}_{kind}.jsonl", "batch_output", f, size,
-                                  file_id=derived_file_id(record.id, kind))
+                                  file_id=derived_file_id(record.id, kind),
+                                  expires_after_s=record.output_expires_after_s)
     return stored.id

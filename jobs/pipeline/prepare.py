@@ -9,6 +9,7 @@ from jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, chec
 from jobs.logs import get_logger
 from jobs.pipeline.finalize import PREPARE_SHARD, finish_shard, load_manifest
 from jobs.pipeline.outbox import publish_best_effort as publish_outbox
+from jobs.pipeline.webhooks import enqueue_best_effort as enqueue_webhook
 from jobs.services import Services
 from jobs.store import layout
 from jobs.store.registry import known_models
@@ -106,4 +107,5 @@ def fail_batch(svc: Services, batch_id: str, tenant: str, code: str, message: st
         svc.storage.delete_prefix(layout.work_prefix(tenant, batch_id))
         svc.state.forget_active(batch_id)
         if failed is not None:
+            enqueue_webhook(svc, failed)  # batch.failed: only recorded in Redis, sent by the webhooks thread
             publish_outbox(svc, failed)

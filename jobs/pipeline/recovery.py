@@ -15,7 +15,6 @@ from jobs.pipeline.finalize import PREPARE_SHARD, load_manifest, maybe_finalize
 from jobs.pipeline.prepare import dispatch_undone
 from jobs.services import Services
 from jobs.store import keys, layout
-from jobs.store.registry import known_models
 from jobs.store.storage import NotFound
 
 log = get_logger(__name__)
@@ -67,20 +66,3 @@ def restore(svc: Services, tenant: str, batch_id: str) -> None:
         return
     dispatch_undone(svc, batch_id, tenant, manifest, set(done))
     maybe_finalize(svc, batch_id, tenant, len(done))
-
-
-UNSENT_AFTER_S = 30.0  # a shard released to the broker but not sent by then: its releaser died
-
-
-def keep_shards_moving(svc: Services) -> None:
-    """Release what the fair queue can (a missed release only delays) and re-send lost releases."""
-    for model in known_models(svc.redis):
-        svc.dispatch.fair.resend_unsent(model, UNSENT_AFTER_S)
-        svc.dispatch.fair.release(model)
-
-
-def sweep_once_per_interval(svc: Services, interval_s: float) -> None:
-    """One process per interval sweeps (a short Redis lock), whichever worker gets there first."""
-    if svc.redis.set(keys.SWEEP_LOCK, "1", nx=True, ex=max(1, int(interval_s))):
-        sweep(svc)
-        keep_shards_moving(svc)

@@ -61,7 +61,7 @@ def run_shard(svc: Services, loop: EngineHandle, *, batch_id: str, tenant: str, 
             through_outages(lambda: finish_shard(svc, batch_id, tenant, key, completed=0, failed=0, redelivered=True),
                             what="shard bookkeeping", deadline=window)
             return
-        jobs = through_outages(lambda: _read_input(svc, tenant, batch_id, shard), what="shard input", deadline=window)
+        jobs = through_outages(lambda: read_shard_input(svc, tenant, batch_id, shard), what="shard input", deadline=window)
         attempt = through_outages(lambda: svc.state.count_attempt(batch_id, key), what="batch state", deadline=window)
         ctx = RequestContext(batch_id, tenant, worker)
         started = time.monotonic()
@@ -90,7 +90,7 @@ def run_shard(svc: Services, loop: EngineHandle, *, batch_id: str, tenant: str, 
                  seconds=round(time.monotonic() - started, 3))
 
 
-def _read_input(svc: Services, tenant: str, batch_id: str, shard: int) -> list[ValidLine]:
+def read_shard_input(svc: Services, tenant: str, batch_id: str, shard: int) -> list[ValidLine]:
     raw = svc.storage.get_bytes(layout.shard_input(tenant, batch_id, shard)).decode()
     return [ValidLine.from_json(line) for line in raw.split("\n") if line]
 

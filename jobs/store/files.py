@@ -13,7 +13,7 @@ import redis
 
 from jobs.batch.ids import is_valid_id, new_file_id
 from jobs.batch.schema import FilePurpose, FileRecord
-from jobs.store import layout
+from jobs.store import keys, layout
 from jobs.store.listing import TenantListing
 from jobs.store.storage import NotFound, Storage
 
@@ -22,20 +22,38 @@ PURPOSES: tuple[str, ...] = get_args(FilePurpose)
 
 class FileStore:
     def __init__(self, storage: Storage, client: redis.Redis) -> None:
-        self.storage = storage
+        self.storage, self.client = storage, client
         self._all = TenantListing(client, "files", lambda t: self._stored(t, None))
         self._by_purpose = {p: TenantListing(client, f"files:{p}", lambda t, p=p: self._stored(t, p)) for p in PURPOSES}
 
     def create(self, tenant: str, filename: str, purpose: FilePurpose, content: BinaryIO, size: int,
-               file_id: str | None = None) -> FileRecord:
-        record = FileRecord(id=file_id or new_file_id(), tenant=tenant, bytes=size, created_at=int(time.time()),
-                            filename=filename[:255] or "upload.jsonl", purpose=purpose)
+               file_id: str | None = None, expires_after_s: int | None = None) -> FileRecord:
+        """Store a file; with ``expires_after_s`` it is deleted that many seconds after its creation."""
+        now = int(time.time())
+        record = FileRecord(id=file_id or new_file_id(), tenant=tenant, bytes=size, created_at=now,
+                            filename=filename[:255] or "upload.jsonl", purpose=purpose,
+                            expires_at=None if expires_after_s is None else now + expires_after_s)
         raw = record.model_dump_json()
         self.storage.put_fileobj(layout.file_content(tenant, record.id), content)
         self.storage.put_bytes(layout.file_meta(tenant, record.id), raw.encode())
-        self._all.add(tenant, record.id, raw)
-        self._by_purpose[purpose].add(tenant, record.id, raw)
+        self._index(record, raw)
         return record
+
+    def _index(self, record: FileRecord, raw: str) -> None:
+        self._all.add(record.tenant, record.id, raw)
+        self._by_purpose[record.purpose].add(record.tenant, record.id, raw)
+        if record.expires_at is not None:
+            self.client.zadd(keys.EXPIRING_FILES, {f"{record.tenant}|{record.id}": record.expires_at})
+
+    def delete_expired(self, now: float | None = None, limit: int = 1000) -> int:
+        """Delete the files whose time has come (their content and listing entries); returns how many."""
+        due = self.client.zrangebyscore(keys.EXPIRING_FILES, "-inf", time.time() if now is None else now,
+                                        start=0, num=limit)
+        for member in due:
+            tenant, _, file_id = member.partition("|")
+            self.delete(tenant, file_id)
+            self.client.zrem(keys.EXPIRING_FILES, member)
+        return len(due)
 
     def get(self, tenant: str, file_id: str) -> FileRecord | None:
         if not is_valid_id(file_id, "file-"):
@@ -95,5 +113,7 @@ class FileStore:
             except NotFound:
                 continue
             record = FileRecord.model_validate_json(raw)
+            if purpose is None and record.expires_at is not None:  # the expiry schedule was lost with the index
+                self.client.zadd(keys.EXPIRING_FILES, {f"{tenant}|{record.id}": record.expires_at})
             if purpose is None or record.purpose == purpose:
                 yield record.id, raw

@@ -14,8 +14,12 @@
 | ``pb:latency:<model>`` | hash | request latency histogram counters |
 | ``pb:batches:active`` / ``pb:batches:finished`` | hash | batch id -> status / status -> count |
 | ``pb:trigger:<claim>`` | string | who started the batch for one S3 object version |
+| ``pb:files:expiring`` | zset | "tenant|file id" by the time the file expires |
 | ``pb:list:<tenant>:<kind>[:records|:built]`` | zset / hash / string | a tenant's listing (jobs/store/listing.py) |
 | ``pb:fair:<model>:<part>[<suffix>]`` | see FAIR_PARTS | the fair dispatch queue (jobs/store/fair_queue.py) |
+| ``pb:webhooks:due`` | zset | webhook event id -> when its next delivery attempt is due (ms, Redis time) |
+| ``pb:webhooks:pending`` | hash | webhook event id -> the delivery (JSON: tenant, body, attempts, first_at) |
+| ``pb:webhooks:done:<event id>`` | string, TTL | the event was delivered or given up: a late re-enqueue is ignored |
 | ``pagebatch.control``, ``model.<name>``, ``unacked_index`` | Celery | the task queues and kombu's unacked index |
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ WORKER_PREFIX = f"{PREFIX}worker:"
 STATS_PREFIX = f"{PREFIX}stats:"
 ACTIVE_BATCHES = f"{PREFIX}batches:active"
 FINISHED_BATCHES = f"{PREFIX}batches:finished"
+EXPIRING_FILES = f"{PREFIX}files:expiring"  # zset "tenant|file id" scored by expires_at
 # The fair queue's parts: a ring (list) of tenants with waiting shards; per tenant ("batches:" + tenant) a ring
 # of its batches; per batch ("shards:" + batch id) its waiting "index:lines"; a set of waiting "batch|index";
 # a hash of shards in flight ("batch|index" -> "tenant|lines|sent|released_at"); a hash tenant -> lines in flight.
@@ -70,3 +75,12 @@ def fair(model: str, part: str) -> str:
     """One of the model's FAIR_PARTS (those ending in ':' are prefixes: append a tenant or a batch id)."""
     assert part in FAIR_PARTS, part
     return f"{PREFIX}fair:{model}:{part}"
+
+
+WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
+WEBHOOKS_PENDING = f"{PREFIX}webhooks:pending"
+
+
+def webhook_done(event_id: str) -> str:
+    """Marks a webhook event delivered (or given up) for a while (jobs/store/webhook_outbox.py)."""
+    return f"{PREFIX}webhooks:done:{event_id}"

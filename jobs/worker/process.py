@@ -13,7 +13,8 @@ from celery import signals
 from jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
 from jobs.logs import configure_logging, get_logger
 from jobs.periodic import Periodic
-from jobs.pipeline.recovery import sweep_once_per_interval
+from jobs.pipeline.sweeper import sweep_once_per_interval
+from jobs.pipeline.webhooks import WebhookSender
 from jobs.services import Services
 from jobs.settings import Settings
 from jobs.store.keys import CONTROL_QUEUE, model_queue
@@ -71,6 +72,7 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
         Periodic("heartbeat", HEARTBEAT_S, heartbeat.beat, immediately=True),
         Periodic("sweep", settings.sweep_interval_s, lambda: sweep_once_per_interval(services, settings.sweep_interval_s)),
         Periodic("telemetry", settings.stats_interval_s, telemetry.publish, immediately=True),
+        Periodic("webhooks", settings.webhook_interval_s, WebhookSender(services).deliver_due),
     ]
 
     @signals.worker_ready.connect(weak=False)

@@ -256,10 +256,13 @@ inline void block_scores(const float* __restrict qf, const T* __restrict qb, int
       for (int c = 0; c < C; ++c) qv[c] = _mm512_loadu_ps(qf + g * DC + 16 * c);
       __m512 acc[16];
       for (int t = 0; t < 16; ++t) {
-        acc[t] = _mm512_setzero_ps();
         if (t < stop) {
           const float* kt = kf + t * kld;
-          for (int c = 0; c < C; ++c) acc[t] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kt + 16 * c), acc[t]);
+          __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
+          for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kt + 16 * c), s);
+          acc[t] = s;
+        } else {
+          acc[t] = _mm512_setzero_ps();
         }
       }
       _mm512_mask_storeu_ps(scores + g * ld, mask, reduce16(acc));
@@ -289,26 +292,9 @@ inline void block_values(const float* __restrict p, int64_t ld, int G, int D_rt,
 #if PAGEBATCH_AVX512
   if constexpr (DC > 0 && DC % 16 == 0) {
     constexpr int C = DC / 16;
-#ifdef PAGEBATCH_FP32_GOUTER
-    if constexpr (std::is_same_v<T, float>) {
-      for (int g = 0; g < G; ++g) {
-        __m512 a[C];
-        float* ag = acc + g * DC;
-        for (int c = 0; c < C; ++c) a[c] = _mm512_loadu_ps(ag + 16 * c);
-        const float* pg = p + g * ld;
-        for (int64_t t = 0; t < stop; ++t) {
-          const __m512 w = _mm512_set1_ps(pg[t]);
-          const float* vt = v + t * token_stride;
-          for (int c = 0; c < C; ++c) a[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vt + 16 * c), a[c]);
-        }
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(ag + 16 * c, a[c]);
-      }
-      return;
-    }
-#endif
     // Each value row is loaded (and converted) once per group of GB heads whose accumulators stay in registers.
 #ifndef PAGEBATCH_ACC_REGS
-#define PAGEBATCH_ACC_REGS 24
+#define PAGEBATCH_ACC_REGS 16
 #endif
     constexpr int GB = C >= PAGEBATCH_ACC_REGS ? 1 : (PAGEBATCH_ACC_REGS / C > 8 ? 8 : PAGEBATCH_ACC_REGS / C);
     for (int g0 = 0; g0 < G; g0 += GB) {

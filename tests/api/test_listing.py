@@ -28,3 +28,22 @@ def test_files_list_retrieve_delete(stack):
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(files[1].id)
     assert [f.id for f in client.files.list()] == [files[2].id, files[0].id]
+
+
+def test_expiry_options_and_list_order_through_the_sdk(stack):
+    client = stack.client("o")
+    content = jsonl([chat_line("e1", stack.model)])
+    expiring = client.files.create(file=("e.jsonl", content), purpose="batch",
+                                   expires_after={"anchor": "created_at", "seconds": 7200})
+    assert expiring.expires_at == expiring.created_at + 7200
+    with pytest.raises(openai.BadRequestError):
+        client.files.create(file=("e.jsonl", content), purpose="batch",
+                            expires_after={"anchor": "created_at", "seconds": 5})
+    batch = client.batches.create(input_file_id=expiring.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  output_expires_after={"anchor": "created_at", "seconds": 3600})
+    batch = wait_status(client, batch.id)
+    output = client.files.retrieve(batch.output_file_id)
+    assert output.expires_at == output.created_at + 3600
+    newest_first = [f.id for f in client.files.list(limit=100)]
+    oldest_first = [f.id for f in client.files.list(limit=100, order="asc")]
+    assert oldest_first == newest_first[::-1]

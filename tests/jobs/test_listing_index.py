@@ -59,3 +59,16 @@ def test_batches_list_from_the_index_and_after_a_redis_loss(client, tmp_path):
     page, more = state.list("t1", after=ids[24], limit=10)
     assert [b.id for b in page] == ids[25:] and not more
     assert state.list("nobody", after=None, limit=10) == ([], False)
+
+
+def test_files_expire_on_schedule_and_the_schedule_survives_a_redis_loss(client, tmp_path):
+    files = FileStore(LocalStorage(tmp_path / "data"), client)
+    keep = files.create("t1", "keep.jsonl", "batch", io.BytesIO(b"{}\n"), 3)
+    short = files.create("t1", "short.jsonl", "batch", io.BytesIO(b"{}\n"), 3, expires_after_s=3600)
+    assert short.expires_at == short.created_at + 3600
+    assert files.delete_expired(now=short.expires_at - 1) == 0
+    client.flushdb()  # the schedule is rebuilt with the listing
+    assert [f.id for f in files.list("t1", after=None, limit=10)[0]] == sorted([keep.id, short.id])
+    assert files.delete_expired(now=short.expires_at) == 1
+    assert files.get("t1", short.id) is None and files.get("t1", keep.id) is not None
+    assert [f.id for f in files.list("t1", after=None, limit=10)[0]] == [keep.id]
