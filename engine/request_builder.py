@@ -72,7 +72,7 @@ class RequestBuilder:
         logits_state = None
         if params.penalized:
             stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-            logits_state = LogitsState(params, ids, stop_ids, self.device)
+            logits_state = LogitsState(params, ids, stop_ids)
         return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer,
                        choice_state=choice_state, logits_state=logits_state)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.request import Request, SampleLogprobs
@@ -39,52 +40,71 @@ def apply_allowed_tokens(logits: torch.Tensor, allowed: list[list[int] | None]) 
 
 
 class LogitsState:
-    """One request's inputs to the logits adjustments.
+    """One request's inputs to the logits adjustments, kept so that a step costs O(its distinct tokens), not O(vocab).
 
-    Built once by the request builder (on the submitting thread, with tensors on the engine's device):
-    the penalties, the prompt's distinct tokens (for the repetition penalty), the biased token ids and
-    values, the token ids min_tokens suppresses. The sampler keeps the generated tokens as a tensor,
-    extended each step by the tokens appended since (idempotent: the row-by-row retry may sync twice).
+    Built once by the request builder (on the submitting thread): the penalties, the biased token ids and
+    values, the token ids min_tokens suppresses, and the prompt's distinct tokens (for the repetition
+    penalty). ``sync`` folds the tokens generated since the last step in: the distinct generated tokens
+    and their counts, and the generated tokens new to the prompt (numpy buffers, a dict lookup per new
+    token). It is idempotent, so the row-by-row retry of a failed sampling step may sync twice.
     """
 
-    def __init__(self, params: SamplingParams, prompt_token_ids: list[int], stop_ids: set[int],
-                 device: torch.device) -> None:
+    def __init__(self, params: SamplingParams, prompt_token_ids: list[int], stop_ids: set[int]) -> None:
         self.presence = float(params.presence_penalty)
         self.frequency = float(params.frequency_penalty)
         self.repetition = float(params.repetition_penalty)
-        self.counts_output = self.presence != 0 or self.frequency != 0 or self.repetition != 1
-        self.prompt_tokens = None
-        if self.repetition != 1:
-            self.prompt_tokens = torch.tensor(sorted(set(prompt_token_ids)), dtype=torch.long, device=device)
-        self.bias_ids = self.bias_values = None
-        if params.logit_bias:
-            self.bias_ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=device)
-            self.bias_values = torch.tensor([float(v) for v in params.logit_bias.values()], device=device)
+        self.counts_output = self.presence != 0 or self.frequency != 0
+        self.tracks_output = self.counts_output or self.repetition != 1
+        bias = params.logit_bias or {}
+        self.bias_ids = np.fromiter(bias, dtype=np.int64, count=len(bias))
+        self.bias_values = np.fromiter((float(v) for v in bias.values()), dtype=np.float32, count=len(bias))
         self.min_tokens = params.min_tokens
-        self.suppress = None
-        if params.min_tokens and stop_ids:
-            self.suppress = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-        self._output = torch.empty(16, dtype=torch.long)  # generated tokens (CPU), the first _num valid
-        self._num = 0
+        self.suppress = np.array(sorted(stop_ids) if params.min_tokens else [], dtype=np.int64)
+        # the distinct generated tokens (first appearance order) and their counts
+        self._slot: dict[int, int] = {}
+        self._tokens = np.empty(16, dtype=np.int64)
+        self._counts = np.empty(16, dtype=np.float32)
+        self._num_seen = 0  # generated tokens folded in so far
+        # the prompt's distinct tokens, then each generated token new to the prompt: what repetition penalizes
+        prompt = set(prompt_token_ids) if self.repetition != 1 else set()
+        self._in_prompt = prompt
+        self._seen = np.fromiter(prompt, dtype=np.int64, count=len(prompt))
+        self._num_distinct_seen = len(prompt)
 
-    def output_tokens(self, req: Request) -> torch.Tensor:
-        """The request's generated tokens so far (a CPU tensor)."""
-        start = req.num_prompt_tokens
-        if req.num_tokens - start < self._num:  # never happens today; start over rather than trust it
-            self._num = 0
-        new = req.token_ids[start + self._num :]
-        if new:
-            end = self._num + len(new)
-            if end > len(self._output):
-                grown = torch.empty(max(end, 2 * len(self._output)), dtype=torch.long)
-                grown[: self._num] = self._output[: self._num]
-                self._output = grown
-            if len(new) == 1:
-                self._output[self._num] = new[0]
-            else:
-                self._output[self._num : end] = torch.tensor(new, dtype=torch.long)
-            self._num = end
-        return self._output[: self._num]
+    def sync(self, req: Request) -> None:
+        if not self.tracks_output:
+            return
+        if req.num_output_tokens < self._num_seen:  # never happens today; start over rather than trust the counts
+            self._slot.clear()
+            self._num_seen, self._num_distinct_seen = 0, len(self._in_prompt)
+        for token in req.token_ids[req.num_prompt_tokens + self._num_seen :]:
+            slot = self._slot.get(token)
+            if slot is None:
+                slot = self._slot[token] = len(self._slot)
+                if slot == len(self._tokens):
+                    self._tokens, self._counts = np.resize(self._tokens, 2 * slot), np.resize(self._counts, 2 * slot)
+                self._tokens[slot], self._counts[slot] = token, 0
+                if self.repetition != 1 and token not in self._in_prompt:
+                    if self._num_distinct_seen == len(self._seen):
+                        self._seen = np.resize(self._seen, max(16, 2 * len(self._seen)))
+                    self._seen[self._num_distinct_seen] = token
+                    self._num_distinct_seen += 1
+            self._counts[slot] += 1
+            self._num_seen += 1
+
+    @property
+    def output_tokens(self) -> np.ndarray:
+        """The distinct generated tokens."""
+        return self._tokens[: len(self._slot)]
+
+    @property
+    def output_counts(self) -> np.ndarray:
+        return self._counts[: len(self._slot)]
+
+    @property
+    def seen_tokens(self) -> np.ndarray:
+        """The distinct tokens of the prompt and the output, each once (for the repetition penalty)."""
+        return self._seen[: self._num_distinct_seen]
 
 
 def apply_logits_adjustments(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
@@ -94,54 +114,56 @@ def apply_logits_adjustments(logits: torch.Tensor, requests: list[Request]) -> t
     divided by the penalty, a negative one multiplied; then frequency and presence (OpenAI):
     ``logits[t] -= frequency * count[t] + presence * (count[t] > 0)`` over the generated tokens; then
     logit_bias is added; then, while fewer than min_tokens were generated, EOS and stop_token_ids are -inf.
+    Each is a gather/scatter over the (row, token) pairs it touches, gathered on the CPU into one index
+    array and one value array that are copied to the device once: a step costs a copy of the logits plus
+    O(distinct tokens of the adjusted rows), never O(rows x vocab) arithmetic.
     """
     rows = [i for i, r in enumerate(requests) if r.logits_state is not None]
     if not rows:
         return logits
-    states: list[LogitsState] = [requests[i].logits_state for i in rows]
+    # per adjustment: (the row of each token array, the token arrays, the values: one per row or one array per row)
+    rep: tuple[list[int], list[np.ndarray], list[float]] = ([], [], [])
+    add: tuple[list[int], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    sup: tuple[list[int], list[np.ndarray]] = ([], [])
+    for i in rows:
+        req = requests[i]
+        s: LogitsState = req.logits_state
+        s.sync(req)
+        if s.repetition != 1:
+            rep[0].append(i), rep[1].append(s.seen_tokens), rep[2].append(s.repetition)
+        if s.counts_output and len(s.output_tokens):
+            add[0].append(i), add[1].append(s.output_tokens)
+            add[2].append(-(s.frequency * s.output_counts + s.presence))
+        if len(s.bias_ids):
+            add[0].append(i), add[1].append(s.bias_ids), add[2].append(s.bias_values)
+        if req.num_output_tokens < s.min_tokens and len(s.suppress):
+            sup[0].append(i), sup[1].append(s.suppress)
+    lengths = [np.array([len(t) for t in group[1]], dtype=np.int64) for group in (rep, add, sup)]
+    sizes = [int(n.sum()) for n in lengths]
+    if not any(sizes):
+        return logits
+    indices = np.concatenate([np.repeat(np.array(group[0], dtype=np.int64), n) for group, n in zip((rep, add, sup), lengths)]
+                             + [t for group in (rep, add, sup) for t in group[1]])
+    values = np.concatenate([np.repeat(np.array(rep[2], dtype=np.float32), lengths[0])] + add[2]).astype(np.float32)
     device = logits.device
-    whole = len(rows) == len(requests)
-    index = None if whole else torch.tensor(rows, device=device)
-    sub = logits.clone() if whole else logits.index_select(0, index)
-    num_rows, vocab = sub.shape
-
-    counted = [k for k, s in enumerate(states) if s.counts_output]
-    if counted:
-        tokens = [states[k].output_tokens(requests[rows[k]]) for k in counted]
-        counts = torch.zeros(num_rows, vocab, device=device)
-        if any(len(t) for t in tokens):
-            row_of = torch.repeat_interleave(torch.tensor(counted), torch.tensor([len(t) for t in tokens]))
-            flat = torch.cat(tokens)
-            counts.index_put_((row_of.to(device), flat.to(device)), torch.ones(len(flat), device=device),
-                              accumulate=True)
-        seen = counts > 0
-        if any(s.repetition != 1 for s in states):
-            prompts = [(k, s.prompt_tokens) for k, s in enumerate(states) if s.prompt_tokens is not None]
-            prompt_rows = torch.repeat_interleave(torch.tensor([k for k, _ in prompts]),
-                                                  torch.tensor([len(t) for _, t in prompts])).to(device)
-            in_prompt = torch.zeros(num_rows, vocab, dtype=torch.bool, device=device)
-            in_prompt[prompt_rows, torch.cat([t for _, t in prompts])] = True
-            penalty = torch.tensor([s.repetition for s in states], device=device)[:, None]
-            sub = torch.where(seen | in_prompt, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
-        if any(s.presence != 0 or s.frequency != 0 for s in states):
-            coeffs = torch.tensor([[s.frequency, s.presence] for s in states], device=device)
-            sub -= coeffs[:, :1] * counts + coeffs[:, 1:] * seen
-
-    biased = [(k, s) for k, s in enumerate(states) if s.bias_ids is not None]
-    if biased:
-        bias_rows = torch.repeat_interleave(torch.tensor([k for k, _ in biased]),
-                                            torch.tensor([len(s.bias_ids) for _, s in biased])).to(device)
-        sub.index_put_((bias_rows, torch.cat([s.bias_ids for _, s in biased])),
-                       torch.cat([s.bias_values for _, s in biased]), accumulate=True)
-
-    short = [(k, s) for k, s in enumerate(states)
-             if s.suppress is not None and requests[rows[k]].num_output_tokens < s.min_tokens]
-    if short:
-        short_rows = torch.repeat_interleave(torch.tensor([k for k, _ in short]),
-                                             torch.tensor([len(s.suppress) for _, s in short])).to(device)
-        sub[short_rows, torch.cat([s.suppress for _, s in short])] = float("-inf")
-
-    return sub if whole else logits.index_copy(0, index, sub)
+    indices = torch.from_numpy(indices).to(device, non_blocking=True)
+    values = torch.from_numpy(values).to(device, non_blocking=True)
+    total = sum(sizes)
+    row_index, token_index = indices[:total], indices[total:]
+    out = logits.clone()  # never in place: the row-by-row retry of a failed step re-reads the raw logits
+    start = 0
+    for kind, size in zip(("repetition", "add", "suppress"), sizes):
+        if size:
+            r, t = row_index[start : start + size], token_index[start : start + size]
+            if kind == "repetition":
+                current, penalty = out[r, t], values[:size]
+                out[r, t] = torch.where(current > 0, current / penalty, current * penalty)
+            elif kind == "add":  # penalties and logit_bias; a token can have both, so accumulate
+                out.index_put_((r, t), values[sizes[0] : sizes[0] + size], accumulate=True)
+            else:
+                out[r, t] = float("-inf")
+        start += size
+    return out
 
 
 def sample(logits: torch.Tensor, requests: list[Request], allowed: list[list[int] | None] | None = None) -> list[SampledToken]:

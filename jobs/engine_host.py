@@ -34,7 +34,8 @@ class EngineOptions:
     """
 
     dtype: str = field(default="auto", metadata=_flag(
-        "weights and activations: auto (bfloat16 on CPUs that compute it natively and on GPUs, else float32)",
+        "weights and activations: auto = bfloat16 on CPUs that compute it natively (AVX512-BF16/AMX), float32 on "
+        "other CPUs, the checkpoint's dtype on GPUs",
         choices=["auto", "float32", "bfloat16", "float16"]))
     device: str = field(default="auto", metadata=_flag("cuda, cpu or auto (default)"))
     max_num_seqs: int = field(default=256, metadata=_flag("most requests in one engine step"))
@@ -62,7 +63,13 @@ def served_name(model_path: str, name: str | None) -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
-def start_engine(model_path: str, options: EngineOptions, default_kernels: str = "auto") -> EngineHandle:
+def start_engine(model_path: str, options: EngineOptions, default_kernels: str = "auto",
+                 cache_dir: Path | None = None, name: str | None = None) -> EngineHandle:
+    """Load the model (a .gguf file is converted once into ``cache_dir/gguf``) and start its engine loop."""
     from engine import EngineConfig, EngineLoop, LLMEngine
+    from engine.models import resolve_checkpoint
 
-    return EngineLoop(LLMEngine(EngineConfig(model=model_path, **options.engine_kwargs(default_kernels))))
+    checkpoint = resolve_checkpoint(model_path, cache_dir=None if cache_dir is None else cache_dir / "gguf")
+    config = EngineConfig(model=str(checkpoint), served_model_name=served_name(model_path, name),
+                          **options.engine_kwargs(default_kernels))
+    return EngineLoop(LLMEngine(config))

@@ -18,7 +18,7 @@ _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAGEBATCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PAGEBATCH_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # "s3://bucket/prefix" (boto3 reads AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ... itself) or a directory.

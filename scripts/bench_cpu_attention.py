@@ -1,7 +1,7 @@
 """CPU decode attention: kernels.reference vs kernels.cpu_attention (and alternatives), all ratios from one run.
 
     python scripts/bench_cpu_attention.py [--seqs 48 --ctx 400 --spread 50] [--dtypes fp32,bf16]
-        [--impls ref,cpp,compile,gather-bmm] [--rounds 5] [--threads N] [--no-step]
+        [--impls ref,cpp,compile,gather-bmm] [--rounds 5] [--threads N [--clock cpu]] [--no-step]
 
 Workload: one decode step (one query token per sequence) of a SmolLM2-135M-shaped model (30 layers,
 9 query heads, 3 kv heads, head_dim 64, hidden 576, MLP 1536, vocab 49152, block_size 16), every
@@ -12,7 +12,8 @@ layer with its own paged KV cache (blocks shuffled), contexts uniform in ctx +- 
   step:      the whole decode step written out as engine/models/decoder.py runs it (norms, GEMMs at
              M = seqs, rotary, KV write, attention, lm_head) with each attention impl;
              share = attention time / step time of that impl.
-Every impl runs once per round, alternating; best of --rounds rounds.
+Every impl runs once per round, alternating; best of --rounds rounds. On a busy machine use
+--threads 1 --clock cpu (thread CPU time) for steadier ratios.
 
 impls: ref         kernels.reference.paged_attention (padded index_select gather + SDPA)
        cpp         kernels.cpu_attention.paged_attention (C++ kernel, blocks read in place)
@@ -184,13 +185,16 @@ def decode_step(fn: Callable | None, w: dict, m: dict, args: argparse.Namespace,
     return F.linear(x, m["embed"]).float()
 
 
+CLOCK = time.perf_counter
+
+
 def best_of(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t = time.perf_counter()
+            t = CLOCK()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t)
+            best[name] = min(best[name], CLOCK() - t)
     return best
 
 
@@ -204,13 +208,20 @@ def main() -> None:
     for key, value in SMOLLM2.items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--impls", default="ref,cpp,gather-bmm,compile")
+    ap.add_argument("--impls", default="ref,cpp", help="comma-separated, of: " + ", ".join(IMPLS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-step", action="store_true", help="attention only, no full decode step")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this thread's CPU time (needs --threads 1); steadier than wall time on a shared machine")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        if torch.get_num_threads() != 1:
+            ap.error("--clock cpu needs --threads 1 (other threads' time would not be counted)")
+        global CLOCK
+        CLOCK = time.thread_time
     impls = [i for i in args.impls.split(",") if i]
     if "cpp" in impls:
         t = time.perf_counter()
@@ -220,7 +231,8 @@ def main() -> None:
             impls.remove("cpp")
     scale = args.head_dim**-0.5
     print(f"{args.seqs} seqs, ctx {args.ctx}+-{args.spread}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, "
-          f"head_dim {args.head_dim}, block {args.block_size}, threads {torch.get_num_threads()}, best of {args.rounds}")
+          f"head_dim {args.head_dim}, block {args.block_size}, threads {torch.get_num_threads()}, {args.clock} clock, "
+          f"best of {args.rounds}")
     for dname in args.dtypes.split(","):
         dtype = DTYPES[dname]
         w = make_workload(args, dtype)

@@ -87,7 +87,7 @@ def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Pa
     record.request_counts.total = len(jobs) + rejected.failed
     lifecycle.apply(record, Event.START)
     load_started = time.perf_counter()
-    loop = start_engine(model_path, options or EngineOptions(), settings.kernels)
+    loop = start_engine(model_path, options or EngineOptions(), settings.kernels, settings.cache_dir, name)
     load_seconds = time.perf_counter() - load_started
     try:
         result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress)

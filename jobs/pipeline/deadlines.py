@@ -18,6 +18,7 @@ from jobs.logs import get_logger
 from jobs.pipeline.execute import STOP_MESSAGES
 from jobs.pipeline.finalize import PREPARE_SHARD, finalize_batch, load_manifest
 from jobs.pipeline.shard import read_shard_input
+from jobs.pipeline.webhooks import enqueue as enqueue_webhook
 from jobs.services import Services
 from jobs.store import keys, layout
 
@@ -48,10 +49,12 @@ def close(svc: Services, record: BatchRecord, code: str) -> int:
     manifest = load_manifest(svc, tenant, batch_id)
     if manifest is None:  # never prepared: nothing ran, nothing to merge
         event = Event.END_CANCELLED if code == "batch_cancelled" else Event.EXPIRE
-        changed, _ = svc.state.transition(batch_id, event, lambda r: r.num_shards is None)
+        changed, ended = svc.state.transition(batch_id, event, lambda r: r.num_shards is None)
         if changed:
             log.info("batch closed before it was prepared", batch_id=batch_id, reason=code)
             svc.state.forget_active(batch_id)
+            if ended is not None:
+                enqueue_webhook(svc, ended)
         return int(changed)
     ctx = RequestContext(batch_id, tenant, SWEEPER)
     done = svc.state.done_shards(batch_id)

@@ -25,6 +25,8 @@ def limits_from(svc: Services) -> Limits:
 
 def prepare_batch(svc: Services, batch_id: str, tenant: str, worker: str) -> None:
     record = svc.state.get_live(batch_id)
+    if record is not None and record.status == BatchStatus.FAILED:
+        enqueue_webhook(svc, record)  # a redelivery after a crash between failing and enqueueing: sent once
     if record is None or record.status not in (BatchStatus.VALIDATING, BatchStatus.CANCELLING,
                                                BatchStatus.IN_PROGRESS):
         return  # gone from Redis (the sweeper restores it) or already past this step

@@ -52,6 +52,7 @@ def test_hostile_sampling_values_and_a_lone_surrogate_fail_alone(make_stack):
 
     hostile = submit(b, hostile_lines(stack.model))
     together, together_s = timed(a, innocent(stack.model, "beside", 40), stack.logs)
+    print(f"innocent 40 lines: {alone_s:.1f}s alone, {together_s:.1f}s beside the hostile batch")
     assert (together.request_counts.completed, together.request_counts.failed) == (40, 0), stack.logs()
     assert together_s < 3 * alone_s + 10, f"{together_s:.1f}s beside the hostile batch vs {alone_s:.1f}s alone"
 
@@ -80,6 +81,7 @@ def test_megabyte_prompts_do_not_stall_another_tenant(make_stack):
     hostile = c.batches.create(input_file_id=upload(c, jsonl(huge)).id, endpoint="/v1/chat/completions",
                                completion_window="24h")
     beside, beside_s = timed(a, innocent(stack.model, "beside", 20), stack.logs)
+    print(f"innocent 20 lines: {alone_s:.1f}s alone, {beside_s:.1f}s beside 20 x 1 MB prompts")
     assert beside.request_counts.completed == 20
     assert beside_s < 3 * alone_s + 5, f"{beside_s:.1f}s beside 1 MB prompts vs {alone_s:.1f}s alone"
     hostile = wait_status(c, hostile.id, timeout=180, logs=stack.logs)

@@ -38,9 +38,13 @@ def test_an_s3_outage_mid_batch_delays_the_batch_and_fails_no_line(proxied_stack
     assert answer.json()["error"]["type"] == "server_error"
     time.sleep(max(0.0, outage_s - (time.monotonic() - cut_at)))
     proxy.restore()
+    restored_at = time.monotonic()
 
     batch = poll(client, batch.id, lambda b: b.status in ("completed", "failed", "expired", "cancelled"),
                  timeout=240, what="the batch to finish after the outage")
+    print(f"S3 cut {outage_s}s at a quarter of {LINES} lines: {batch.status} "
+          f"{batch.request_counts.completed}/{LINES} completed, {batch.request_counts.failed} failed, "
+          f"finished {time.monotonic() - restored_at:.1f}s after S3 came back")
     assert batch.status == "completed", stack.logs()
     assert (batch.request_counts.completed, batch.request_counts.failed) == (LINES, 0), stack.logs()
     output = read_jsonl(client, batch.output_file_id)

@@ -1,0 +1,27 @@
+"""`pagebatch run` on a real model shipped as GGUF (SmolLM2-135M-Instruct): real sentences, EOS, the chat template."""
+import json
+
+import pytest
+
+from tests.batch_helpers import chat_line, jsonl
+from tests.jobs.test_local_run import pagebatch, read
+
+
+@pytest.mark.slow
+def test_run_answers_with_real_text_from_a_gguf_model(tmp_path, smollm2_dir, smollm2_path):
+    model = smollm2_path.stem  # the served name of a .gguf file
+    lines = [chat_line("capital", model, "What is the capital of France? Answer in one word.", max_tokens=16,
+                       temperature=0),
+             chat_line("count", model, "Count from one to five, in words.", max_tokens=32, temperature=0)]
+    (tmp_path / "in.jsonl").write_bytes(jsonl(lines))
+    done = pagebatch("run", str(tmp_path / "in.jsonl"), "--model", str(smollm2_path), "--out", str(tmp_path / "out"),
+                     "--no-progress", timeout=600)
+    assert done.returncode == 0, done.stderr
+    output = {o["custom_id"]: o["response"]["body"] for o in read(tmp_path / "out" / "output.jsonl")}
+    capital = output["capital"]["choices"][0]
+    assert "Paris" in capital["message"]["content"] and capital["finish_reason"] == "stop"
+    assert output["capital"]["model"] == model
+    counted = output["count"]["choices"][0]["message"]["content"].lower()
+    assert "3" in counted or "three" in counted
+    batch = json.loads((tmp_path / "out" / "batch.json").read_text())
+    assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
