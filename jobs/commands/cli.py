@@ -21,7 +21,7 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jobs.commands.demo import ensure_demo_model, write_demo_input
+    from jobs.commands.demo import demo_model, write_demo_input
     from jobs.commands.local_run import run_local
     from jobs.engine_host import served_name
     from jobs.logs import configure_logging
@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    model = args.model or str(ensure_demo_model(settings.cache_dir))
+    model = args.model or str(demo_model(settings.cache_dir))
     out = Path(args.out)
     if args.input:
         input_path = Path(args.input)
@@ -127,13 +127,13 @@ def _cmd_standalone(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from jobs.commands.demo import ensure_demo_model
+    from jobs.commands.demo import demo_model
     from jobs.commands.standalone import StandaloneError, StandalonePlan, run_standalone
     from jobs.engine_host import served_name
     from jobs.settings import get_settings
 
     settings = get_settings()
-    model = str(Path(args.model).resolve()) if args.model else str(ensure_demo_model(settings.cache_dir))
+    model = str(Path(args.model).resolve()) if args.model else str(demo_model(settings.cache_dir))
     plan = StandalonePlan(model=model, model_name=served_name(model, args.served_model_name), host=args.host,
                           port=args.port,
                           worker_args=["--concurrency", str(args.concurrency), *argv_of(args)],

@@ -16,6 +16,16 @@ _DOCS = [
 ]
 
 
+REAL_DEMO_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"  # what scripts/fetch_smollm2.py puts in the cache
+
+
+def demo_model(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct when `python scripts/fetch_smollm2.py` has fetched it (real sentences), else the
+    tiny random-weight model (made on first use, in a second; its text is noise)."""
+    real = cache_dir / REAL_DEMO_MODEL
+    return real if real.is_file() else ensure_demo_model(cache_dir)
+
+
 def ensure_demo_model(cache_dir: Path) -> Path:
     from engine.make_model import make_checkpoint
 
