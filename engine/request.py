@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -15,9 +15,6 @@ from engine.choices import ChoiceState
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import RequestMetrics
 from engine.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from engine.sampler import LogitsState
 
 # One generated token's logprob and the top alternatives [(token_id, logprob), ...] at that step.
 SampleLogprobs = tuple[float, list[tuple[int, float]]]
@@ -39,7 +36,7 @@ class Request:
         generator: torch.Generator | None = None,
         detokenizer: IncrementalDetokenizer | None = None,
         choice_state: ChoiceState | None = None,
-        logits_state: LogitsState | None = None,
+        logits_state: Any = None,
     ) -> None:
         self.request_id: str = request_id
         self.prompt_token_ids: list[int] = prompt_token_ids
@@ -56,8 +53,9 @@ class Request:
         self.generator: torch.Generator | None = generator  # sampled (non-greedy) requests only
         self.detokenizer: IncrementalDetokenizer | None = detokenizer  # streams text when there are stop strings
         self.choice_state: ChoiceState | None = choice_state  # restricts the answer to one of params.choices
-        # penalties, logit_bias, min_tokens: set when params.penalized (the sampler skips rows without it)
-        self.logits_state: LogitsState | None = logits_state
+        # engine.sampler.LogitsState (penalties, logit_bias, min_tokens) when params.penalized, else None: the
+        # sampler skips rows without one (typed Any: the sampler imports this module)
+        self.logits_state: Any = logits_state
         self.metrics: RequestMetrics = RequestMetrics(arrival_time=time.time())
 
     @property

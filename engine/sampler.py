@@ -121,49 +121,65 @@ def apply_logits_adjustments(logits: torch.Tensor, requests: list[Request]) -> t
     rows = [i for i, r in enumerate(requests) if r.logits_state is not None]
     if not rows:
         return logits
-    # per adjustment: (the row of each token array, the token arrays, the values: one per row or one array per row)
-    rep: tuple[list[int], list[np.ndarray], list[float]] = ([], [], [])
-    add: tuple[list[int], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-    sup: tuple[list[int], list[np.ndarray]] = ([], [])
+    repetition, additive, suppressed = _Pairs(), _Pairs(), _Pairs()
     for i in rows:
         req = requests[i]
         s: LogitsState = req.logits_state
         s.sync(req)
         if s.repetition != 1:
-            rep[0].append(i), rep[1].append(s.seen_tokens), rep[2].append(s.repetition)
-        if s.counts_output and len(s.output_tokens):
-            add[0].append(i), add[1].append(s.output_tokens)
-            add[2].append(-(s.frequency * s.output_counts + s.presence))
-        if len(s.bias_ids):
-            add[0].append(i), add[1].append(s.bias_ids), add[2].append(s.bias_values)
-        if req.num_output_tokens < s.min_tokens and len(s.suppress):
-            sup[0].append(i), sup[1].append(s.suppress)
-    lengths = [np.array([len(t) for t in group[1]], dtype=np.int64) for group in (rep, add, sup)]
-    sizes = [int(n.sum()) for n in lengths]
+            repetition.add(i, s.seen_tokens, s.repetition)
+        if s.counts_output:
+            additive.add(i, s.output_tokens, -(s.frequency * s.output_counts + s.presence))
+        additive.add(i, s.bias_ids, s.bias_values)
+        if req.num_output_tokens < s.min_tokens:
+            suppressed.add(i, s.suppress, float("-inf"))
+    groups = (repetition, additive, suppressed)
+    sizes = [g.size for g in groups]
     if not any(sizes):
         return logits
-    indices = np.concatenate([np.repeat(np.array(group[0], dtype=np.int64), n) for group, n in zip((rep, add, sup), lengths)]
-                             + [t for group in (rep, add, sup) for t in group[1]])
-    values = np.concatenate([np.repeat(np.array(rep[2], dtype=np.float32), lengths[0])] + add[2]).astype(np.float32)
-    device = logits.device
-    indices = torch.from_numpy(indices).to(device, non_blocking=True)
-    values = torch.from_numpy(values).to(device, non_blocking=True)
+    # one host-to-device copy for all the indices (every group's rows, then every group's tokens), one for the values
+    indices = np.concatenate([g.rows() for g in groups] + [t for g in groups for t in g.tokens])
+    values = np.concatenate([g.values() for g in groups])
+    indices = torch.from_numpy(indices).to(logits.device)
+    values = torch.from_numpy(values).to(device=logits.device, dtype=logits.dtype)
     total = sum(sizes)
-    row_index, token_index = indices[:total], indices[total:]
     out = logits.clone()  # never in place: the row-by-row retry of a failed step re-reads the raw logits
     start = 0
-    for kind, size in zip(("repetition", "add", "suppress"), sizes):
+    for group, size in zip(groups, sizes):
         if size:
-            r, t = row_index[start : start + size], token_index[start : start + size]
-            if kind == "repetition":
-                current, penalty = out[r, t], values[:size]
-                out[r, t] = torch.where(current > 0, current / penalty, current * penalty)
-            elif kind == "add":  # penalties and logit_bias; a token can have both, so accumulate
-                out.index_put_((r, t), values[sizes[0] : sizes[0] + size], accumulate=True)
+            r, t, v = indices[start : start + size], indices[total + start : total + start + size], values[start : start + size]
+            if group is repetition:  # each (row, token) once: the prompt's distinct tokens, then new generated ones
+                current = out[r, t]
+                out[r, t] = torch.where(current > 0, current / v, current * v)
+            elif group is additive:  # penalties and logit_bias: a token may have both, so accumulate
+                out.index_put_((r, t), v, accumulate=True)
             else:
-                out[r, t] = float("-inf")
+                out[r, t] = v
         start += size
     return out
+
+
+class _Pairs:
+    """The (row, token) pairs one adjustment touches this step, with a value each (one per row, or per token)."""
+
+    def __init__(self) -> None:
+        self.row_ids: list[int] = []
+        self.tokens: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, row: int, tokens: np.ndarray, value: float | np.ndarray) -> None:
+        if len(tokens):
+            self.row_ids.append(row)
+            self.tokens.append(tokens)
+            self._values.append(np.broadcast_to(np.float32(value), tokens.shape) if np.ndim(value) == 0 else value)
+            self.size += len(tokens)
+
+    def rows(self) -> np.ndarray:
+        return np.repeat(np.array(self.row_ids, dtype=np.int64), [len(t) for t in self.tokens])
+
+    def values(self) -> np.ndarray:
+        return np.concatenate(self._values).astype(np.float32, copy=False) if self._values else np.empty(0, np.float32)
 
 
 def sample(logits: torch.Tensor, requests: list[Request], allowed: list[list[int] | None] | None = None) -> list[SampledToken]:

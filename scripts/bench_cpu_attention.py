@@ -21,6 +21,8 @@ impls: ref         kernels.reference.paged_attention (padded index_select gather
                    as broadcast-multiply + sum over an indexed view, so inductor can fuse the indirect
                    loads into its loops (one compile per shape; padded to the longest context)
        gather-bmm  pure torch: one index_select gather of all sequences, fp32 matmuls, masked softmax
+       read-floor  not attention: a sequential read of the cache bytes the batch owns (torch sum), the
+                   memory-bandwidth lower bound; the blocks' scattered order costs more than this
 """
 from __future__ import annotations
 
@@ -119,11 +121,20 @@ def compiled_attention(q, k_cache, v_cache, meta, scale):
     return _compiled(q, k_cache, v_cache, meta.block_tables[:, :nb], meta.context_lens, scale)
 
 
+def read_floor(q, k_cache, v_cache, meta, scale):
+    """Not attention: a sequential read of as many cache bytes as the decode rows own (a lower bound)."""
+    used = sum(-(-c // k_cache.shape[1]) for c in meta.context_lens_cpu)
+    k_cache[1 : used + 1].sum()
+    v_cache[1 : used + 1].sum()
+    return q
+
+
 IMPLS: dict[str, Callable] = {
     "ref": reference.paged_attention,
     "cpp": cpu_attention.paged_attention,
     "compile": compiled_attention,
     "gather-bmm": gather_bmm_attention,
+    "read-floor": read_floor,
 }
 
 
@@ -241,6 +252,8 @@ def main() -> None:
         with torch.inference_mode():
             expected = attention_step(reference.paged_attention, w, scale).float()
             for name in impls:
+                if name == "read-floor":
+                    continue
                 t = time.perf_counter()
                 got = attention_step(IMPLS[name], w, scale).float()  # warm-up (compile for 'compile')
                 err = (got - expected).abs().max().item()
@@ -253,6 +266,7 @@ def main() -> None:
             continue
         m = make_model(args, dtype)
         fns = {"(no attention)": lambda: decode_step(None, w, m, args, scale)}
+        impls = [i for i in impls if i != "read-floor"]
         fns.update({name: (lambda f=IMPLS[name]: decode_step(f, w, m, args, scale)) for name in impls})
         for fn in fns.values():
             fn()

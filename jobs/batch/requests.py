@@ -96,7 +96,8 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
     n = body.get("n")
     n = 1 if n is None else n
     _require(_is_int(n) and 1 <= n <= MAX_N, f"n must be an integer in [1, {MAX_N}], got {str(n)[:40]}", "n")
-    _require(body.get("stream", False) in (False, None), "stream is not supported in batches", "stream")
+    _require(body.get("stream", False) in (False, None), "stream is not supported in batches", "stream",
+             "unsupported_parameter")
 
     if endpoint == CHAT:
         prompt: Any = _chat_messages(body.get("messages"))
@@ -113,10 +114,10 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
             max_tokens = default_max_tokens
     else:
         prompt = _completion_prompt(body.get("prompt"))
-        _require(not body.get("echo"), "echo is not supported", "echo")
+        _require(not body.get("echo"), "echo is not supported", "echo", "unsupported_parameter")
         _require(body.get("best_of") in (None, 1, n), "best_of other than 1 or n is not supported (no ranking of "
                  "candidates)", "best_of")
-        _require(body.get("suffix") is None, "suffix is not supported", "suffix")
+        _require(body.get("suffix") is None, "suffix is not supported", "suffix", "unsupported_parameter")
         logprobs = body.get("logprobs")
         _require(logprobs is None or (_is_int(logprobs) and 0 <= logprobs <= 5), "logprobs must be an integer in [0, 5]",
                  "logprobs")
@@ -220,9 +221,9 @@ def _labels(value: Any, param: str) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _require(ok: bool, message: str, param: str) -> None:
+def _require(ok: bool, message: str, param: str, code: str = "invalid_parameter") -> None:
     if not ok:
-        raise LineError(message, "invalid_parameter", param)
+        raise LineError(message, code, param)
 
 
 def _is_int(value: object) -> bool:

@@ -1,16 +1,19 @@
 // Paged decode attention for CPU: one query token per sequence, K/V read in place from the paged
 // caches [num_blocks, block_size, num_kv_heads, head_dim] (no gather into a padded copy).
 //
-// Work item = (sequence, kv head, context split). An item computes the scores of its G = H / Hkv
-// query heads against its keys, an fp32 softmax and the fp32 weighted sum of values, reading each
-// key/value row once for all G heads (rows converted to fp32 once per cache block for bf16/fp16).
-// Items run under OpenMP with dynamic scheduling, longest first. Long contexts are split into
-// block-aligned chunks when there are too few (sequence, kv head) pairs to keep the threads busy;
-// the chunks are merged with their running max / sum (flash-decoding style).
+// Work item = (sequence, kv heads, context range). Normally an item is a whole sequence, so each
+// cache block is read once, all kv heads together; with fewer sequences than 4x the threads an item
+// is one kv head, and contexts are split into block-aligned chunks (merged afterwards with their
+// running max / sum, flash-decoding style) while there are still too few items. Items run under
+// OpenMP with dynamic scheduling, longest first. Per item: scores of all its query heads (one pass
+// over K), an fp32 softmax, the fp32 weighted sum of values (one pass over V).
 //
-// With AVX-512 (the extension is built with -march=native) head dims that are multiples of 16 take
-// intrinsics paths: the dot products of 16 keys are reduced together (a transpose-add tree, not one
-// horizontal sum per key). Everything else takes plain loops the compiler vectorizes.
+// With AVX-512 (the extension is built with -march=native), head dims that are multiples of 16
+// take intrinsics paths: the dot products of 16 keys are reduced together (a transpose-add tree,
+// not one horizontal sum per key); bf16 keys use vdpbf16ps (exact bf16 products, fp32 sums) when
+// the CPU has AVX512-BF16; value rows are converted to fp32 in registers and accumulated into up
+// to 16 registers of query-head accumulators. Everything else takes plain loops the compiler
+// vectorizes. Accumulation is fp32 for every cache dtype.
 //
 // Depends only on c10's header-only BFloat16/Half and OpenMP; kernels/csrc/cpu_attention.cpp binds it.
 #pragma once
@@ -333,32 +336,6 @@ inline void block_values(const float* __restrict p, int64_t ld, int G, int D_rt,
   }
 }
 
-// Prefetch the next chunk's rows of kv heads [h0, h1): a sequence's blocks are scattered over the
-// cache, and the hardware prefetchers lose the stream at each one.
-template <typename T>
-inline void prefetch_chunk(const T* cache, const int32_t* table, int block_size, int64_t block_stride, int64_t token_stride,
-                           int64_t head_stride, int64_t pos, int64_t end, int64_t chunk, int h0, int h1, int D) {
-#if !defined(PAGEBATCH_PREFETCH) || PAGEBATCH_PREFETCH
-  if (pos >= end) return;
-  const int64_t off = pos % block_size;
-  const int64_t stop = std::min<int64_t>({end - pos, block_size - off, chunk});
-  const T* base = cache + table[pos / block_size] * block_stride + off * token_stride;
-  const int64_t row_bytes = static_cast<int64_t>(D) * sizeof(T);
-  if (head_stride == D && token_stride == static_cast<int64_t>(h1 - h0) * D) {  // one contiguous range
-    const char* first = reinterpret_cast<const char*>(base + h0 * head_stride);
-    const int64_t bytes = stop * token_stride * static_cast<int64_t>(sizeof(T));
-    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(first + b, 0, 3);
-    return;
-  }
-  for (int64_t t = 0; t < stop; ++t) {
-    for (int h = h0; h < h1; ++h) {
-      const char* row = reinterpret_cast<const char*>(base + t * token_stride + h * head_stride);
-      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
-    }
-  }
-#endif
-}
-
 // One item: the query heads of kv heads [h0, h1) of one sequence over its keys [begin, end); each
 // cache block is read once for all of them. qf: [(h1 - h0) * G, D] fp32 (unscaled), qb: the same in
 // the cache dtype. Writes unnormalized acc [(h1 - h0) * G, D] and m / l [(h1 - h0) * G] (max of the
@@ -376,7 +353,6 @@ inline void attend(const float* __restrict qf, const T* __restrict qb, float sca
     const int64_t off = pos % block_size;
     const int64_t stop = std::min<int64_t>({end - pos, block_size - off, chunk});
     const T* base = kc + table[pos / block_size] * block_stride + off * token_stride;
-    prefetch_chunk(kc, table, block_size, block_stride, token_stride, head_stride, pos + stop, end, chunk, h0, h1, D);
     for (int h = h0; h < h1; ++h) {
       const int r = (h - h0) * G;
       block_scores<T, DC>(qf + r * D, qb + r * D, G, D, base + h * head_stride, token_stride, stop, scores + r * n + (pos - begin),
@@ -390,7 +366,6 @@ inline void attend(const float* __restrict qf, const T* __restrict qb, float sca
     const int64_t off = pos % block_size;
     const int64_t stop = std::min<int64_t>({end - pos, block_size - off, chunk});
     const T* base = vc + table[pos / block_size] * block_stride + off * token_stride;
-    prefetch_chunk(vc, table, block_size, block_stride, token_stride, head_stride, pos + stop, end, chunk, h0, h1, D);
     for (int h = h0; h < h1; ++h) {
       const int r = (h - h0) * G;
       block_values<T, DC>(scores + r * n + (pos - begin), n, G, D, base + h * head_stride, token_stride, stop, acc + r * D, buf);

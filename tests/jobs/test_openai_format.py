@@ -29,12 +29,12 @@ def test_defaults():
 @pytest.mark.parametrize(
     "endpoint, body, param",
     [
-        (CHAT, {"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "n": 129}, "n"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream"),
         (CHAT, {"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "temperature": 500}, "temperature"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "top_logprobs"),
-        (CHAT, {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 1}, "frequency_penalty"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 3}, "frequency_penalty"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "tools": []}, "tools"),
         (COMPLETIONS, {"prompt": "x", "logprobs": 9}, "logprobs"),
         (COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),

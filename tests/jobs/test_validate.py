@@ -31,7 +31,7 @@ def verdicts(*raw: bytes, endpoint=CHAT):
          "missing_messages"),
         (line(temperature=-1), "invalid_parameter"),
         (line(max_tokens=0), "invalid_parameter"),
-        (line(n=2), "invalid_parameter"),
+        (line(n=0), "invalid_parameter"),
         (line(top_p="high"), "invalid_parameter"),
         (b"x" * 2_001, "line_too_long"),
     ],
