@@ -52,12 +52,16 @@ class BlockManager:
             hashes.append(hash_block(hashes[-1] if hashes else b"", req.token_ids[i * bs : (i + 1) * bs]))
         return hashes
 
+    def prefix_hashes(self, req: Request) -> list[bytes]:
+        """The hashes of the request's full blocks that prefix caching may share (all but its last token's)."""
+        return self._request_hashes(req, (req.num_tokens - 1) // self.block_size)
+
     def match_prefix(self, req: Request) -> list[int]:
         """Cached blocks holding this request's leading full blocks; at least one token is left to compute."""
         if not self.enable_prefix_caching:
             return []
         hits = []
-        for h in self._request_hashes(req, (req.num_tokens - 1) // self.block_size):
+        for h in self.prefix_hashes(req):
             block = self.cached.get(h)
             if block is None:
                 break

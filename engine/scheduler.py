@@ -112,9 +112,14 @@ class Scheduler:
             i += 1
         if batch.preempted:
             return batch
+        # Blocks being prefilled now: a waiting request whose next uncached block is one of them waits a step
+        # and then reads it from the prefix cache (n choices of one prompt, or lines sharing an instruction).
+        prefilling = self._prefilling_hashes(batch.requests)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             hits = self.blocks.match_prefix(req)
+            if self._waits_for(req, len(hits), prefilling):
+                break
             num_cached = len(hits) * self.blocks.block_size
             num_new = min(req.num_tokens - num_cached, budget)
             if not self.blocks.can_admit(hits, num_cached + num_new):
@@ -130,7 +135,17 @@ class Scheduler:
             self.running.append(req)
             batch.add(req, num_new)
             budget -= num_new
+            prefilling |= self._prefilling_hashes([req])
         return batch
+
+    def _prefilling_hashes(self, requests: list[Request]) -> set[bytes]:
+        if not self.blocks.enable_prefix_caching:
+            return set()
+        return {h for r in requests if r.num_computed_tokens < r.num_prompt_tokens for h in self.blocks.prefix_hashes(r)}
+
+    def _waits_for(self, req: Request, num_hits: int, prefilling: set[bytes]) -> bool:
+        hashes = self.blocks.prefix_hashes(req) if prefilling else []
+        return num_hits < len(hashes) and hashes[num_hits] in prefilling
 
     def _preempt(self, req: Request) -> Request:
         self.blocks.release(req)

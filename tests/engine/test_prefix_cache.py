@@ -26,3 +26,13 @@ def test_cache_does_not_change_results(checkpoint_dir):
     fresh = LLM(path, dtype="float32", device="cpu", enable_prefix_caching=False).generate(prompts, PARAMS)
     assert [o.token_ids for o in cached] == [o.token_ids for o in fresh]
     assert all(o.num_cached_tokens == 32 for o in cached) and all(o.num_cached_tokens == 0 for o in fresh)
+
+
+def test_requests_arriving_together_share_a_prompt_prefilled_once(checkpoint_dir):
+    """n choices of one prompt (or lines sharing an instruction) submitted at once: the first computes the
+    shared blocks, the others wait one step and read them from the cache."""
+    llm = LLM(checkpoint_dir("llama"), dtype="float32", device="cpu", block_size=16)
+    prompt = list(range(10, 10 + 122))  # 7 full blocks + 10 tokens
+    outs = llm.generate([prompt] * 4, PARAMS)
+    assert sorted(o.num_cached_tokens for o in outs) == [0, 112, 112, 112]
+    assert len({tuple(o.token_ids) for o in outs}) == 1
