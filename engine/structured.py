@@ -41,6 +41,8 @@ MAX_CHOICES = 1024
 MAX_CACHED_GRAMMARS = 256
 # Kept from the schema's "x-guidance" options: lenient would silently drop keywords the grammar cannot enforce.
 _JSON_OPTIONS = {"whitespace_flexible": False, "lenient": False}
+_NAMES = {"json_schema": "JSON schema", "json_object": "JSON object", "regex": "regex", "choice": "choices",
+          "grammar": "grammar"}
 _INSTALL = "structured outputs need the llguidance package: pip install 'pagebatch[structured]'"
 
 
@@ -83,12 +85,13 @@ class GrammarSpec:
         source = self.source if isinstance(self.source, str) and self.source.isidentifier() else "structured_outputs"
         if self.kind not in KINDS:
             raise ValueError(f"{source}: the constraint kind must be one of {', '.join(KINDS)}, got {str(self.kind)[:40]!r}")
+        name = _NAMES[self.kind]
         if not isinstance(self.spec, str):
-            raise ValueError(f"{source}: the {self.kind} must be given as a string")
+            raise ValueError(f"{source}: the {name} must be given as a string")
         if len(self.spec) > MAX_SPEC_CHARS:
-            raise ValueError(f"{source}: the {self.kind} is {len(self.spec)} characters long; at most {MAX_SPEC_CHARS} are accepted")
+            raise ValueError(f"{source}: the {name} is {len(self.spec)} characters long; at most {MAX_SPEC_CHARS} are accepted")
         if self.kind in ("regex", "grammar") and not self.spec:
-            raise ValueError(f"{source}: the {self.kind} must not be empty")
+            raise ValueError(f"{source}: the {name} must not be empty")
         if self.kind == "json_schema":
             schema = _parse_json(self.spec, source, "the JSON schema")
             if not isinstance(schema, (dict, bool)):
@@ -148,10 +151,6 @@ def grammar_text(spec: GrammarSpec) -> str:
         return llg.grammar_from("grammar", spec.spec)  # Lark as is; GBNF converted to Lark
     except (ValueError, RecursionError, TypeError) as exc:  # e.g. GBNF that does not convert
         raise ValueError(f"{spec.source}: invalid {_NAMES[spec.kind]}: {_short(str(exc))}") from None
-
-
-_NAMES = {"json_schema": "JSON schema", "json_object": "JSON object", "regex": "regex", "choice": "choices",
-          "grammar": "grammar"}
 
 
 def _short(message: str, limit: int = 300) -> str:
@@ -363,20 +362,14 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tenso
     """Set to -inf, in place, every logit whose bit is 0: ``logits[rows[i], t]`` by ``bitmask[i]`` (all rows in
     order when ``rows`` is None). The bitmask is on the CPU; logits anywhere. Logits past the bitmask's width
     are left alone; the bitmask's bits past the logits' width (tokenizer tokens the model lacks) are ignored."""
-    n, vocab = bitmask.shape[0], logits.shape[1]
+    n = bitmask.shape[0]
     if n == 0:
         return
-    width = min(vocab, bitmask.shape[1] * 32)
+    width = min(logits.shape[1], bitmask.shape[1] * 32)
     if logits.device.type == "cpu" and sys.byteorder == "little":
-        # bit t % 32 of little-endian int32 word t // 32 is bit t % 8 of byte t // 8: numpy unpacks bytes fast
-        bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, count=width, bitorder="little")
-        banned = torch.from_numpy(bits.view(np.bool_)).logical_not_()
+        banned = _banned_numpy(bitmask, width)
     else:
-        shifts = _SHIFTS.get(logits.device)
-        if shifts is None:
-            shifts = _SHIFTS[logits.device] = torch.arange(32, dtype=torch.int32, device=logits.device)
-        words = bitmask.to(logits.device, non_blocking=True)
-        banned = ((words.unsqueeze(-1) >> shifts) & 1).view(n, -1)[:, :width] == 0
+        banned = _banned_torch(bitmask.to(logits.device, non_blocking=True), width)
     if rows is None or (n == logits.shape[0] and _is_identity(rows)):
         logits[:, :width].masked_fill_(banned, float("-inf"))
         return
@@ -384,6 +377,21 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tenso
     part = logits.index_select(0, rows)
     part[:, :width].masked_fill_(banned, float("-inf"))
     logits.index_copy_(0, rows, part)
+
+
+def _banned_numpy(bitmask: torch.Tensor, width: int) -> torch.Tensor:
+    """[n, width] bool, True where the bit is 0. Bit t % 32 of little-endian int32 word t // 32 is bit t % 8 of
+    byte t // 8, and numpy unpacks bytes in one pass (a tenth of the time of the shifts below, on a CPU)."""
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, count=width, bitorder="little")
+    return torch.from_numpy(bits.view(np.bool_)).logical_not_()
+
+
+def _banned_torch(bitmask: torch.Tensor, width: int) -> torch.Tensor:
+    """The same on any device: 32 shifts per word, one fused elementwise pass on a GPU."""
+    shifts = _SHIFTS.get(bitmask.device)
+    if shifts is None:
+        shifts = _SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    return ((bitmask.unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)[:, :width] == 0
 
 
 def _is_identity(rows: torch.Tensor) -> bool:

@@ -43,8 +43,8 @@ class EngineOptions:
     num_kv_blocks: int | None = field(default=None, metadata=_flag("KV cache blocks (default: sized from memory)"))
     enable_prefix_caching: bool = field(default=True, metadata=_flag("reuse the KV blocks of shared prompt prefixes"))
     kernels: str | None = field(default=None, metadata=_flag(
-        "attention and norm kernels: torch, triton or auto (default: PAGEBATCH_KERNELS, else auto)",
-        choices=["auto", "torch", "triton"]))
+        "kernels: torch, triton, cpu (the C++ CPU decode attention) or auto (default: PAGEBATCH_KERNELS, else auto)",
+        choices=["auto", "torch", "triton", "cpu"]))
 
     def engine_kwargs(self, default_kernels: str = "auto") -> dict[str, Any]:
         kwargs = asdict(self)

@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     # Serve /docs and /openapi.json (the interactive API description); off hides them.
     api_docs: bool = True
 
-    # Which kernels the engine runs: torch (the references), triton, or auto (Triton on CUDA).
-    kernels: str = Field("auto", pattern="^(auto|torch|triton)$")
+    # Which kernels the engine runs: torch (the references), triton, cpu (C++ decode attention), or auto (Triton on CUDA).
+    kernels: str = Field("auto", pattern="^(auto|torch|triton|cpu)$")
 
     log_level: str = "INFO"
     log_format: str = Field("auto", pattern="^(auto|json|console)$")

@@ -96,7 +96,7 @@ def _load():
                 verbose=False,
             )
             _ext = torch.ops.pagebatch_cpu
-        except Exception as exc:  # no compiler / ninja, build or load error: keep serving with the reference
+        except Exception as exc:  # noqa: BLE001 -- no compiler / ninja, build or load error: keep serving with the reference
             _failed = True
             log.warning("CPU paged-attention kernel unavailable (%s: %s); using kernels.reference", type(exc).__name__, exc)
             return None

@@ -2,7 +2,9 @@
 
 The caller names the choice (the engine passes ``EngineConfig.kernels``; nothing here reads the
 environment): ``torch`` (the references), ``triton`` (the Triton kernels; on CPU that needs
-``TRITON_INTERPRET=1``), or ``auto`` (Triton for CUDA tensors when Triton imports, torch otherwise).
+``TRITON_INTERPRET=1``), ``cpu`` (the C++ CPU decode-attention kernel of ``kernels/cpu_attention.py``,
+built on first use; the references where it cannot be built), or ``auto`` (Triton for CUDA tensors
+when Triton imports, torch otherwise).
 """
 from __future__ import annotations
 
@@ -12,14 +14,14 @@ from types import ModuleType
 
 from kernels import reference
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 
 
 @dataclass(frozen=True)
 class KernelBackend:
     """A set of ops (a module with the function names of ``kernels.reference``) and what it can do."""
 
-    name: str  # torch | triton
+    name: str  # torch | triton | cpu
     ops: ModuleType
     # Its launches read no per-step host values, so a decode step can be captured in a CUDA graph and replayed.
     supports_cuda_graphs: bool
@@ -43,9 +45,20 @@ def _triton_backend() -> KernelBackend | None:
     return KernelBackend("triton", triton_ops, supports_cuda_graphs=True)
 
 
+@lru_cache(maxsize=1)
+def _cpu_backend() -> KernelBackend:
+    from kernels import cpu_attention
+
+    return KernelBackend("cpu", cpu_attention, supports_cuda_graphs=False) if cpu_attention.available() else TORCH
+
+
 def select_backend(choice: str, device_type: str) -> KernelBackend:
     """The backend to run on this device type ('cpu', 'cuda', ...) for a choice among ``BACKENDS``."""
     check_choice(choice)
+    if choice == "cpu":
+        if device_type != "cpu":
+            raise ValueError(f"kernels='cpu' runs on CPU tensors, not {device_type}")
+        return _cpu_backend()
     if choice == "torch" or (choice == "auto" and device_type != "cuda"):
         return TORCH  # without importing Triton: its import fixes TRITON_INTERPRET for the process
     triton = _triton_backend()

@@ -41,7 +41,7 @@ from kernels import cpu_attention, reference  # noqa: E402
 from kernels.metadata import AttentionMetadata  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SMOLLM2 = dict(layers=30, heads=9, kv_heads=3, head_dim=64, hidden=576, intermediate=1536, vocab=49152)
+SMOLLM2 = {"layers": 30, "heads": 9, "kv_heads": 3, "head_dim": 64, "hidden": 576, "intermediate": 1536, "vocab": 49152}
 
 
 def make_workload(args: argparse.Namespace, dtype: torch.dtype) -> dict:
@@ -60,7 +60,7 @@ def make_workload(args: argparse.Namespace, dtype: torch.dtype) -> dict:
     slots = torch.tensor([int(tables[i, (c - 1) // bs]) * bs + (c - 1) % bs for i, c in enumerate(ctx)])
     pool = torch.randn(args.layers, 2, num_blocks, bs, hkv, d, generator=g).to(dtype)
     q = torch.randn(args.layers, args.seqs, args.heads, d, generator=g).to(dtype)
-    return dict(ctx=ctx, tables=tables, slots=slots, pool=pool, q=q)
+    return {"ctx": ctx, "tables": tables, "slots": slots, "pool": pool, "q": q}
 
 
 def make_meta(w: dict) -> AttentionMetadata:
@@ -157,14 +157,14 @@ def make_model(args: argparse.Namespace, dtype: torch.dtype) -> dict:
         return (torch.randn(*shape, generator=g) * shape[-1] ** -0.5).to(dtype)
 
     layers = [
-        dict(qkv=weight((h + 2 * hkv) * d, hd), o=weight(hd, h * d), gate_up=weight(2 * inter, hd), down=weight(hd, inter),
-             input_norm=torch.ones(hd, dtype=dtype), post_norm=torch.ones(hd, dtype=dtype))
+        {"qkv": weight((h + 2 * hkv) * d, hd), "o": weight(hd, h * d), "gate_up": weight(2 * inter, hd),
+         "down": weight(hd, inter), "input_norm": torch.ones(hd, dtype=dtype), "post_norm": torch.ones(hd, dtype=dtype)}
         for _ in range(args.layers)
     ]
     inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float) / d))
     freqs = torch.arange(4096, dtype=torch.float)[:, None] * inv_freq[None, :]
-    return dict(layers=layers, embed=weight(args.vocab, hd), norm=torch.ones(hd, dtype=dtype),
-                cos_sin=torch.cat((freqs.cos(), freqs.sin()), dim=-1))
+    return {"layers": layers, "embed": weight(args.vocab, hd), "norm": torch.ones(hd, dtype=dtype),
+            "cos_sin": torch.cat((freqs.cos(), freqs.sin()), dim=-1)}
 
 
 @torch.inference_mode()
@@ -258,16 +258,16 @@ def main() -> None:
                 got = attention_step(IMPLS[name], w, scale).float()  # warm-up (compile for 'compile')
                 err = (got - expected).abs().max().item()
                 print(f"  {name:11s} first call {time.perf_counter() - t:6.2f} s, max|diff| vs ref {err:.2e}")
-            att = best_of({name: (lambda f=IMPLS[name]: attention_step(f, w, scale)) for name in impls}, args.rounds)
+            att = best_of({name: (lambda f=IMPLS[name], w=w: attention_step(f, w, scale)) for name in impls}, args.rounds)
         print(f"  {'attention':11s} {'ms/step':>9s} {'ms/layer':>9s} {'ref/impl':>9s}")
         for name in impls:
             print(f"  {name:11s} {1e3 * att[name]:9.2f} {1e3 * att[name] / args.layers:9.3f} {att['ref'] / att[name] if 'ref' in att else 0:9.2f}x")
         if args.no_step:
             continue
         m = make_model(args, dtype)
-        fns = {"(no attention)": lambda: decode_step(None, w, m, args, scale)}
+        fns = {"(no attention)": lambda w=w, m=m: decode_step(None, w, m, args, scale)}
         impls = [i for i in impls if i != "read-floor"]
-        fns.update({name: (lambda f=IMPLS[name]: decode_step(f, w, m, args, scale)) for name in impls})
+        fns.update({name: (lambda f=IMPLS[name], w=w, m=m: decode_step(f, w, m, args, scale)) for name in impls})
         for fn in fns.values():
             fn()
         step = best_of(fns, args.rounds)

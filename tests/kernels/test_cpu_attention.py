@@ -199,3 +199,14 @@ def test_falls_back_to_reference_without_kernel(monkeypatch: pytest.MonkeyPatch,
     q, k_cache, v_cache, meta = make_batch(MIXED, 9, 3, 64, 16, torch.float32)
     expected = reference.paged_attention(q, k_cache, v_cache, fresh(meta), 0.125)
     torch.testing.assert_close(cpu_attention.paged_attention(q, k_cache, v_cache, meta, 0.125), expected, atol=0, rtol=0)
+
+
+@needs_kernel
+def test_fp32_queries_over_bf16_cache() -> None:
+    """Queries in another dtype than the cache (not produced by the engine today): cast to the cache dtype."""
+    q, k_cache, v_cache, meta = make_batch(DECODE_RAGGED, 9, 3, 64, 16, torch.bfloat16)
+    q = torch.randn(q.shape)
+    expected = reference.paged_attention(q, k_cache.float(), v_cache.float(), fresh(meta), 0.125)
+    out = cpu_attention.paged_attention(q, k_cache, v_cache, meta, 0.125)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
