@@ -115,11 +115,13 @@ class Scheduler:
         # Blocks being prefilled now: a waiting request whose next uncached block is one of them waits a step
         # and then reads it from the prefix cache (n choices of one prompt, or lines sharing an instruction).
         prefilling = self._prefilling_hashes(batch.requests)
+        deferred: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             hits = self.blocks.match_prefix(req)
             if self._waits_for(req, len(hits), prefilling):
-                break
+                deferred.append(self.waiting.popleft())  # keeps its place; the requests behind it go on
+                continue
             num_cached = len(hits) * self.blocks.block_size
             num_new = min(req.num_tokens - num_cached, budget)
             if not self.blocks.can_admit(hits, num_cached + num_new):
@@ -136,6 +138,7 @@ class Scheduler:
             batch.add(req, num_new)
             budget -= num_new
             prefilling |= self._prefilling_hashes([req])
+        self.waiting.extendleft(reversed(deferred))
         return batch
 
     def _prefilling_hashes(self, requests: list[Request]) -> set[bytes]:

@@ -163,7 +163,9 @@ def _json_schema(param: str, schema: Any) -> GrammarSpec:
 
 def _string_enum(schema: dict) -> list[str] | None:
     """The labels of a schema that is exactly a string enum the label trie can take, else None."""
-    if "enum" not in schema or schema.get("type", "string") != "string" or not set(schema) <= {"type", "enum"} | _SCHEMA_ANNOTATIONS:
+    if "enum" not in schema or schema.get("type", "string") != "string":
+        return None
+    if not set(schema) <= {"type", "enum"} | _SCHEMA_ANNOTATIONS:
         return None
     labels = schema["enum"]
     if not (isinstance(labels, list) and 0 < len(labels) <= MAX_LABELS

@@ -18,14 +18,13 @@ from engine.structured import (  # noqa: E402
     MAX_SPEC_CHARS,
     GrammarCompiler,
     GrammarSpec,
-    _banned_numpy,
-    _banned_torch,
     allocate_bitmask,
     apply_bitmask,
     apply_masks,
     check,
     fill_masks,
 )
+from engine.structured_mask import _banned_numpy, _banned_torch  # noqa: E402
 
 # bounded strings, integers and arrays: every path through it ends within a few dozen tokens, even for a
 # random model that picks uniformly among the allowed tokens
@@ -92,7 +91,7 @@ class Decoder:
         finish: list[str | None] = [None] * n
         for _ in range(max_new):
             logits = out.logits[:, -1, :].float()
-            apply_masks(logits, [s if finish[i] is None else None for i, s in enumerate(states)])
+            logits = apply_masks(logits, [s if finish[i] is None else None for i, s in enumerate(states)])
             if temperature == 0:
                 tokens = logits.argmax(-1)
             else:
@@ -287,8 +286,10 @@ def test_apply_masks_touches_only_rows_with_a_grammar(tiny):
     states = [compiler.new_state(SCHEMA_SPEC), None, compiler.new_state(GrammarSpec("regex", REGEX)), None,
               compiler.new_state(GrammarSpec("json_object"))]
     logits = torch.randn(5, tiny.vocab_size)
-    masked = logits.clone()
-    apply_masks(masked, states)
+    with torch.inference_mode():  # the engine's logits are inference tensors: masking must not write into them
+        logits = logits.clone()
+    masked = apply_masks(logits, states)
+    assert masked is not logits
     assert torch.equal(masked[1], logits[1]) and torch.equal(masked[3], logits[3])
     for row in (0, 2, 4):
         one = allocate_bitmask(1, states[row].words)
@@ -296,7 +297,14 @@ def test_apply_masks_touches_only_rows_with_a_grammar(tiny):
         expected = logits[row].masked_fill(_banned_numpy(one, tiny.vocab_size)[0], float("-inf"))
         assert torch.equal(masked[row], expected)
         assert torch.isfinite(masked[row]).sum() >= 1
-    apply_masks(masked, [None] * 5)  # nothing to do: nothing happens
+    assert apply_masks(masked, [None] * 5) is masked  # nothing to do: nothing happens
+    owned = logits.clone()
+    assert apply_masks(owned, states, inplace=True) is owned and torch.equal(owned, masked)
+    everyone = [compiler.new_state(GrammarSpec("regex", REGEX)) for _ in range(5)]
+    all_masked = apply_masks(logits, everyone)  # every row: the one-pass path
+    first = allocate_bitmask(1, everyone[0].words)
+    everyone[0].fill_mask(first)
+    assert torch.equal(all_masked[3], logits[3].masked_fill(_banned_numpy(first, tiny.vocab_size)[0], float("-inf")))
 
 
 def test_bitmask_unpacking_paths_agree():
@@ -341,3 +349,82 @@ def test_spec_survives_asdict_and_json():
     stored = json.loads(json.dumps(asdict(SCHEMA_SPEC)))
     assert GrammarSpec.coerce(stored) == SCHEMA_SPEC and GrammarSpec.coerce(None) is None
     assert GrammarSpec("choice", json.dumps(CHOICES)).choices == CHOICES and SCHEMA_SPEC.choices is None
+
+
+# -- through the engine (engine.LLM), once SamplingParams carries ``structured`` -------------------------------
+
+def _engine_wired() -> bool:
+    import dataclasses
+
+    from engine.sampling_params import SamplingParams
+
+    return any(f.name == "structured" for f in dataclasses.fields(SamplingParams))
+
+
+engine_wired = pytest.mark.skipif(not _engine_wired(), reason="SamplingParams has no structured field yet")
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(checkpoint_dir):
+    from engine import LLM
+
+    return LLM(checkpoint_dir("llama"), dtype="float32", device="cpu")
+
+
+@engine_wired
+def test_engine_answers_validate_and_compile_once(tiny_llm, one_thread):
+    from engine import SamplingParams
+
+    prompts = [[{"role": "user", "content": p}] for p in PEOPLE]
+    greedy = tiny_llm.generate(prompts, SamplingParams(temperature=0, max_tokens=128, structured=SCHEMA_SPEC))
+    sampled = tiny_llm.generate(prompts, [SamplingParams(temperature=1.0, seed=i, max_tokens=128, structured=SCHEMA_SPEC)
+                                          for i in range(8)])
+    for out in greedy + sampled:
+        assert out.finish_reason == "stop", out.text
+        _validate(json.loads(out.text))
+    assert len({o.text for o in sampled}) > 1
+    info = tiny_llm.engine.builder.grammars.cache_info()
+    assert info["misses"] == 1 and info["hits"] >= 15
+
+
+@engine_wired
+def test_engine_mixes_grammar_label_and_free_rows(tiny_llm, one_thread):
+    from engine import SamplingParams
+
+    prompts = [[{"role": "user", "content": p}] for p in PEOPLE[:4]]
+    params = [SamplingParams(temperature=0, max_tokens=32, structured=GrammarSpec("regex", REGEX)),
+              SamplingParams(temperature=0, max_tokens=12),
+              SamplingParams(temperature=0, choices=CHOICES),
+              SamplingParams(temperature=0, max_tokens=64, structured=GrammarSpec("json_object"), logprobs=2)]
+    outs = tiny_llm.generate(prompts, params)
+    alone = tiny_llm.generate(prompts[1:2], params[1])[0]
+    assert outs[0].finish_reason == "stop" and re.fullmatch(REGEX, outs[0].text)
+    assert outs[1].token_ids == alone.token_ids  # the row without a grammar is not touched
+    assert outs[2].text in CHOICES
+    assert outs[3].text.startswith("{") and len(outs[3].logprobs) == len(outs[3].token_ids)
+    if outs[3].finish_reason == "stop":
+        assert isinstance(json.loads(outs[3].text), dict)
+
+
+@engine_wired
+def test_engine_refuses_a_bad_spec_alone(tiny_llm):
+    from engine import SamplingParams
+
+    bad = SamplingParams(max_tokens=8, structured=GrammarSpec("json_schema", '{"type": "strin"}', "response_format"))
+    outs = tiny_llm.generate([[{"role": "user", "content": "x"}]] * 2, [bad, SamplingParams(max_tokens=4)])
+    assert outs[0].finish_reason == "error" and outs[0].error.startswith("response_format: invalid JSON schema")
+    assert outs[1].finish_reason == "length"
+
+
+@engine_wired
+def test_engine_smollm2_extraction(smollm2_dir, one_thread):
+    from engine import LLM, SamplingParams
+
+    llm = LLM(str(smollm2_dir), dtype="float32", device="cpu")
+    prompts = [[{"role": "user", "content": "Extract name, age, sentiment, active, tags and address.city as JSON: " + p}]
+               for p in PEOPLE]
+    for params in (SamplingParams(temperature=0, max_tokens=64, structured=SCHEMA_SPEC),
+                   [SamplingParams(temperature=0.8, seed=i, max_tokens=64, structured=SCHEMA_SPEC) for i in range(8)]):
+        for out in llm.generate(prompts, params):
+            assert out.finish_reason == "stop", out.text
+            _validate(json.loads(out.text))

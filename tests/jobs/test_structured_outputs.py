@@ -67,7 +67,8 @@ def test_choice_specs_carry_the_labels_the_engine_takes():
 
 def test_property_order_is_kept():
     schema = {"type": "object", "properties": {"z": {"type": "integer"}, "a": {"type": "integer"}}}
-    assert parse_structured_outputs({"guided_json": schema}).spec == '{"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"integer"}}}'
+    expected = '{"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"integer"}}}'
+    assert parse_structured_outputs({"guided_json": schema}).spec == expected
 
 
 @pytest.mark.parametrize("body, param, message", [
