@@ -16,7 +16,7 @@ COPY api api
 # PyPI's torch for x86-64 Linux is the CUDA build, so one image serves the API and the GPU workers.
 # For a small CPU-only image: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX=
-RUN pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[triton]"
+RUN pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[triton,structured,gguf]"
 
 RUN useradd --create-home --uid 10001 pagebatch
 USER pagebatch

@@ -37,6 +37,7 @@ class Request:
         detokenizer: IncrementalDetokenizer | None = None,
         choice_state: ChoiceState | None = None,
         logits_state: Any = None,
+        grammar_state: Any = None,
     ) -> None:
         self.request_id: str = request_id
         self.prompt_token_ids: list[int] = prompt_token_ids
@@ -56,6 +57,8 @@ class Request:
         # engine.sampler.LogitsState (penalties, logit_bias, min_tokens) when params.penalized, else None: the
         # sampler skips rows without one (typed Any: the sampler imports this module)
         self.logits_state: Any = logits_state
+        # engine.structured.GrammarState when params.structured: masks the row's logits, ends it when complete
+        self.grammar_state: Any = grammar_state
         self.metrics: RequestMetrics = RequestMetrics(arrival_time=time.time())
 
     @property

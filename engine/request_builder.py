@@ -20,6 +20,7 @@ from engine.request import Request
 from engine.sampler import LogitsState
 from engine.sampling_params import SamplingParams
 from engine.stopping import MinTokensDetokenizer
+from engine.structured import GrammarCompiler
 
 MAX_CACHED_TRIES = 256
 
@@ -40,6 +41,7 @@ class RequestBuilder:
         self._rng = random.Random(seed)  # seeds for unseeded sampled requests
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._tries_lock = threading.Lock()
+        self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)  # compiled once per spec (LRU)
 
     def build(self, request_id: str, prompt: Prompt, params: SamplingParams) -> Request:
         """Raises RequestRejected (with the prompt's token ids when it got that far) for a request that cannot run."""
@@ -56,6 +58,7 @@ class RequestBuilder:
             elif params.reject_over_context:
                 self._check_context(len(ids), params.max_tokens)
             self._check_fits(len(ids), max_new_tokens)
+            grammar_state = None if params.structured is None else self.grammars.new_state(params.structured)
         except ValueError as exc:  # RequestRejected, or SamplingParams.validate's ValueError
             rejected = exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc))
             rejected.prompt_token_ids = ids
@@ -74,7 +77,8 @@ class RequestBuilder:
             stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
             logits_state = LogitsState(params, ids, stop_ids)
         return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer,
-                       choice_state=choice_state, logits_state=logits_state)
+                       choice_state=choice_state, logits_state=logits_state,
+                       grammar_state=grammar_state)
 
     def _check_context(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """OpenAI's rule: the prompt plus max_tokens must fit the model's context (otherwise max_tokens is capped)."""

@@ -18,6 +18,7 @@ import torch
 
 from engine.request import Request, SampleLogprobs
 from engine.sampling_params import SamplingParams
+from engine.structured import apply_masks
 
 
 @dataclass
@@ -188,9 +189,14 @@ def sample(logits: torch.Tensor, requests: list[Request], allowed: list[list[int
     want = [r.params.logprobs for r in requests]
     if any(k is not None for k in want):
         raw_logprobs = torch.log_softmax(logits, dim=-1)
+    raw = logits
     logits = apply_logits_adjustments(logits, requests)
     if allowed is not None:
         logits = apply_allowed_tokens(logits, allowed)
+    grammars = [r.grammar_state for r in requests]
+    if any(g is not None for g in grammars):
+        # the grammar rows only; in place when the adjustments above already made a copy, else into a new tensor
+        logits = apply_masks(logits, grammars, inplace=logits is not raw)
 
     greedy = [r.params.greedy for r in requests]
     if all(greedy):

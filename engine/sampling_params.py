@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from engine.structured import GrammarSpec
+
 MAX_LOGPROBS = 20
 MAX_TEMPERATURE = 2.0
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily: dividing logits by them overflows
@@ -63,6 +65,12 @@ class SamplingParams:
     # False: max_tokens is capped by what the context leaves; True: prompt + max_tokens beyond the model's
     # context is rejected (context_length_exceeded, OpenAI's behaviour). Labels (choices) are exempt.
     reject_over_context: bool = False
+    # Constrain the answer to a JSON schema, any JSON object, a regex, a label set or a grammar (engine/structured.py);
+    # it ends when the grammar can take nothing but EOS. Stored shards hold it as a dict: __post_init__ rebuilds it.
+    structured: GrammarSpec | None = None
+
+    def __post_init__(self) -> None:
+        self.structured = GrammarSpec.coerce(self.structured)  # never raises; validate() reports a bad value
 
     @property
     def greedy(self) -> bool:
@@ -99,6 +107,15 @@ class SamplingParams:
             self._validate_choices()
             if self.min_tokens:
                 raise ValueError("min_tokens cannot be combined with choices: a label ends at its last token")
+        if self.structured is not None:
+            if not isinstance(self.structured, GrammarSpec):
+                raise ValueError(f"structured must be a GrammarSpec, got {_show(self.structured)}")
+            self.structured.validate()
+            param = self.structured.param
+            if self.choices is not None:
+                raise ValueError(f"{param}: give one output constraint; choices is set too")
+            if self.min_tokens:
+                raise ValueError(f"min_tokens cannot be combined with {param}: the grammar decides where the answer ends")
 
     def _validate_penalties(self, vocab_size: int | None) -> None:
         for name in ("presence_penalty", "frequency_penalty"):

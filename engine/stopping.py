@@ -13,9 +13,12 @@ def stop_reason(req: Request, token: int, eos_token_ids: set[int], max_model_len
     suppresses them; this guards that) and stop strings are not looked for (``MinTokensDetokenizer``).
     """
     p = req.params
+    grammar = req.grammar_state
     if req.choice_state is not None:
         if req.choice_state.advance(token):
             return "stop"
+    elif grammar is not None and (not grammar.accept(token) or grammar.is_terminated()):
+        return "stop"  # the grammar is complete (or, never with its mask applied, refused the token)
     elif req.num_output_tokens > p.min_tokens and (
         (not p.ignore_eos and token in eos_token_ids) or token in p.stop_token_ids
     ):

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine.sampling_params import SamplingParams
+from jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -19,7 +20,7 @@ _IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_option
             "prompt_cache_key", "safety_identifier"}
 _COMMON = {"temperature", "top_p", "seed", "stop", "n", "stream", "max_tokens", "presence_penalty",
            "frequency_penalty", "logit_bias", "top_k", "repetition_penalty", "min_tokens", "ignore_eos",
-           "structured_outputs", "response_format"}
+           } | BODY_KEYS
 _CHAT_ONLY = {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
 _COMPLETION_ONLY = {"prompt", "logprobs", "echo", "best_of", "suffix"}
 # OpenAI parameters this server knows but cannot honour: a line that sets one is refused, naming it and why.
@@ -36,9 +37,6 @@ _UNSUPPORTED = {
     "verbosity": "reasoning models are not served here",
 }
 MAX_N = 128  # choices per line
-MAX_LABELS = 1024  # the engine's bound on choices
-MAX_LABEL_CHARS = 512
-_SCHEMA_ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment"}
 
 
 class LineError(Exception):
@@ -124,7 +122,12 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
         explicit_max = body.get("max_tokens") is not None
         max_tokens = body["max_tokens"] if explicit_max else 16
 
-    choices = _label_choices(body)
+    try:
+        constraint = parse_structured_outputs(body)
+    except ValueError as e:
+        raise LineError(str(e), "invalid_parameter", _param_named_in(str(e))) from None
+    choices = constraint.choices if constraint is not None and constraint.kind == "choice" else None
+    structured = constraint if constraint is not None and constraint.kind != "choice" else None
     # A label is the whole answer: the engine ends it at the label's last token, so stop strings have no say.
     stop = [] if choices else body.get("stop") or []
     params = SamplingParams(
@@ -137,6 +140,7 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
         ignore_eos=bool(body.get("ignore_eos", False)),
         logprobs=logprobs,
         choices=choices,
+        structured=structured,
         presence_penalty=_number(body, "presence_penalty", 0.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0),
         repetition_penalty=_number(body, "repetition_penalty", 1.0),
@@ -166,59 +170,6 @@ def _logit_bias(value: Any) -> dict[int, Any] | None:
                  "logit_bias")
         out[key] = bias
     return out
-
-
-def _label_choices(body: dict[str, Any]) -> list[str] | None:
-    """The label set a body restricts its answer to, if any.
-
-    ``structured_outputs.choice`` (vLLM) answers with the label itself; ``response_format`` with a JSON
-    schema that is a string enum answers with valid JSON, so the label is constrained in its JSON-encoded
-    form (``"positive"`` with the quotes).
-    """
-    structured = _structured_choices(body.get("structured_outputs"))
-    from_schema = _response_format_choices(body.get("response_format"))
-    if structured is not None and from_schema is not None:
-        raise LineError("give the label set once: structured_outputs.choice or response_format, not both",
-                        "invalid_parameter", "response_format")
-    if from_schema is not None:
-        return [json.dumps(label, ensure_ascii=False) for label in from_schema]
-    return structured
-
-
-def _structured_choices(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    _require(isinstance(value, dict), "structured_outputs must be an object", "structured_outputs")
-    other = sorted(k for k, v in value.items() if k != "choice" and v not in (None, False))
-    if other:
-        raise LineError(f"structured_outputs.{other[0]} is not supported; only choice is", "invalid_parameter",
-                        "structured_outputs")
-    _require("choice" in value, "structured_outputs needs choice: a list of labels", "structured_outputs")
-    return _labels(value["choice"], "structured_outputs")
-
-
-def _response_format_choices(value: Any) -> list[str] | None:
-    if value is None or value == {"type": "text"}:
-        return None
-    unsupported = ('response_format must be {"type": "text"} or {"type": "json_schema", "json_schema": '
-                   '{"schema": {"type": "string", "enum": [...]}}}: only a label set is supported')
-    _require(isinstance(value, dict) and value.get("type") == "json_schema" and set(value) <= {"type", "json_schema"},
-             unsupported, "response_format")
-    spec = value.get("json_schema")
-    _require(isinstance(spec, dict) and set(spec) <= {"name", "description", "schema", "strict"},
-             unsupported, "response_format")
-    schema = spec.get("schema")
-    _require(isinstance(schema, dict) and "enum" in schema and schema.get("type", "string") == "string"
-             and set(schema) <= {"type", "enum"} | _SCHEMA_ANNOTATIONS, unsupported, "response_format")
-    return _labels(schema["enum"], "response_format")
-
-
-def _labels(value: Any, param: str) -> list[str]:
-    _require(isinstance(value, list) and 0 < len(value) <= MAX_LABELS,
-             f"{param}: the labels must be a list of 1 to {MAX_LABELS} strings", param)
-    _require(all(isinstance(v, str) and 0 < len(v) <= MAX_LABEL_CHARS for v in value),
-             f"{param}: every label must be a non-empty string of at most {MAX_LABEL_CHARS} characters", param)
-    return list(dict.fromkeys(value))
 
 
 def _require(ok: bool, message: str, param: str, code: str = "invalid_parameter") -> None:

@@ -24,7 +24,7 @@ def labeled(stack):
               for i in range(30)]
     lines += [chat_line(f"json-{i}", m, review(i), temperature=0, response_format=ENUM, logprobs=True)
               for i in range(4)]
-    lines += [chat_line("json-object", m, response_format={"type": "json_object"})]
+    lines += [chat_line("json-object", m, response_format={"type": "json_schema", "json_schema": {"schema": {"type": "strin"}}})]  # an invalid schema
     batch = wait_status(client, submit(client, lines).id, logs=stack.logs)
     assert batch.status == "completed", batch
     output = {o["custom_id"]: o["response"]["body"] for o in read_jsonl(client, batch.output_file_id)}

@@ -25,3 +25,26 @@ def test_run_answers_with_real_text_from_a_gguf_model(tmp_path, smollm2_dir, smo
     assert "3" in counted or "three" in counted
     batch = json.loads((tmp_path / "out" / "batch.json").read_text())
     assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+
+
+@pytest.mark.slow
+def test_run_extracts_json_that_validates_with_a_real_model(tmp_path, smollm2_dir, smollm2_path):
+    import jsonschema
+
+    from tests.api.test_structured_outputs import RESPONSE_FORMAT, SCHEMA
+
+    model = smollm2_path.stem
+    reviews = ["Great blender, quiet and strong.", "The zipper broke after a week.", "It is a chair. It works.",
+               "Best headphones I have owned!", "Late delivery and a cracked screen.", "Okay value for the price."]
+    lines = [chat_line(f"r{i}", model, f"Extract from this review: {text}", max_tokens=96, temperature=0.7, seed=i,
+                       response_format=RESPONSE_FORMAT) for i, text in enumerate(reviews)]
+    (tmp_path / "in.jsonl").write_bytes(jsonl(lines))
+    done = pagebatch("run", str(tmp_path / "in.jsonl"), "--model", str(smollm2_path), "--out", str(tmp_path / "out"),
+                     "--no-progress", timeout=600)
+    assert done.returncode == 0, done.stderr
+    output = read(tmp_path / "out" / "output.jsonl")
+    assert len(output) == len(reviews)
+    for line in output:
+        choice = line["response"]["body"]["choices"][0]
+        assert choice["finish_reason"] == "stop", choice
+        jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
