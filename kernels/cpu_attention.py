@@ -11,7 +11,7 @@ The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (JIT
 -O3 -march=native -fopenmp; ~6-10 s once, then cached under TORCH_EXTENSIONS_DIR, keyed by the
 source, the flags and this CPU's feature flags). If it cannot be built (no compiler, no ninja,
 build error) a warning is logged once, ``available()`` is False and ``paged_attention`` falls
-back to the reference. ``PAGEBATCH_CPU_ATTENTION=0`` disables it without trying to build.
+back to the reference. The engine uses it only when asked (``EngineConfig.kernels="cpu"``).
 
 The other hot-path ops are re-exported from the reference, so this module can serve as a whole
 backend (same function names as ``kernels.reference``).
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import platform
 import threading
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from kernels import reference
 from kernels.metadata import AttentionMetadata
@@ -77,9 +75,6 @@ def _load():
     with _lock:
         if _ext is not None or _failed:
             return _ext
-        if os.environ.get("PAGEBATCH_CPU_ATTENTION", "1").strip().lower() in ("0", "false", "no", "off"):
-            _failed = True
-            return None
         start = time.perf_counter()
         try:
             from torch.utils.cpp_extension import load
@@ -154,13 +149,7 @@ def paged_attention(
         )
         if target is not out:
             out.copy_(target)
-    for start, q_len, ctx_len, table, mask in plan.prefills:
-        # Same as the reference: 4-D inputs so torch's CPU flash kernel takes them.
-        k = k_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
-        v = v_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]
-        qi = q[start : start + q_len].transpose(0, 1)[None]  # [1, H, Q, D]
-        o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True)
-        out[start : start + q_len] = o[0].transpose(0, 1)
+    reference.prefill_attention(q, k_cache, v_cache, plan.prefills, out, scale)
     return out
 
 

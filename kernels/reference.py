@@ -67,14 +67,20 @@ def paged_attention(
         v = v_cache.index_select(0, tables.flatten()).view(shape).transpose(1, 2)
         o = F.scaled_dot_product_attention(q[rows].unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         out[rows] = o.squeeze(2)
-    for start, q_len, ctx_len, table, mask in plan.prefills:
+    prefill_attention(q, k_cache, v_cache, plan.prefills, out, scale)
+    return out
+
+
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prefills: list, out: torch.Tensor,
+                      scale: float) -> None:
+    """Each prefill chunk (start, q_len, ctx_len, block table, mask) by SDPA over its gathered context."""
+    for start, q_len, ctx_len, table, mask in prefills:
         # 4-D inputs: torch's CPU flash kernel takes them; 3-D ones fall back to the slow math path.
         k = k_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
         v = v_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]
         qi = q[start : start + q_len].transpose(0, 1)[None]  # [1, H, Q, D]
         o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True)
         out[start : start + q_len] = o[0].transpose(0, 1)
-    return out
 
 
 class _Plan:
