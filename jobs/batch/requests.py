@@ -57,16 +57,17 @@ class EngineRequest:
     prompt: Prompt
     params: SamplingParams
     n: int = 1  # choices: one engine request each
+    echo: dict[str, Any] | None = None  # request fields the response repeats (the Responses API's)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "params": asdict(self.params), "n": self.n}
+        return {"prompt": self.prompt, "params": asdict(self.params), "n": self.n, "echo": self.echo}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EngineRequest":
         params = dict(data["params"])
         if params.get("logit_bias"):  # JSON object keys are strings
             params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
-        return cls(data["prompt"], SamplingParams(**params), data.get("n", 1))
+        return cls(data["prompt"], SamplingParams(**params), data.get("n", 1), data.get("echo"))
 
     def choice_params(self, index: int) -> SamplingParams:
         """The parameters of choice ``index``: with a seed, each choice gets its own seed derived from it (choice 0

@@ -10,14 +10,19 @@ from engine import RequestMetrics
 
 from jobs.batch.ids import LineIds
 from jobs.batch.requests import CHAT, LineError
+from jobs.batch.responses_api import RESPONSES, response_object
 
 
-def response_body(endpoint: str, model: str, output: Any | Sequence[Any], response_id: str) -> dict[str, Any]:
+def response_body(endpoint: str, model: str, output: Any | Sequence[Any], response_id: str,
+                  echo: dict[str, Any] | None = None) -> dict[str, Any]:
     """One body for a line: ``output`` is its engine output, or one per choice (``n``), in choice order.
 
     As OpenAI does, the usage counts the prompt once and the completion tokens of every choice.
+    ``echo``: the request fields a Response repeats (``/v1/responses``).
     """
     outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+    if endpoint == RESPONSES:
+        return response_object(model, outputs[0], response_id, echo)
     first = outputs[0]
     completion_tokens = sum(len(o.token_ids) for o in outputs)
     usage = {

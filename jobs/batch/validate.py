@@ -9,7 +9,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from jobs.batch.requests import EngineRequest, LineError, to_engine_request
+from jobs.batch.requests import EngineRequest, LineError
+from jobs.batch.responses_api import parse_body
 
 MAX_CUSTOM_ID = 512
 
@@ -128,7 +129,7 @@ def _check_line(
         return reject(f"The model {model!r} does not exist or is not served here", "model_not_found", "model",
                       custom_id, model)
     try:
-        request = to_engine_request(endpoint, body, limits.default_max_tokens)
+        request = parse_body(endpoint, body, limits.default_max_tokens)
     except LineError as e:
         return RejectedLine(number, custom_id, model, e)
     except (RecursionError, TypeError, ValueError) as e:  # a body shaped to break the parser fails its line only

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs.batch.schema import ENDPOINTS
 from jobs.commands.engine_flags import add_engine_flags, argv_of, options_of
 
 
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", nargs="?", help="a JSONL batch file (default: a demo batch)")
     run.add_argument("--model", default=None, help="checkpoint directory or .gguf file (default: a tiny demo model, made on first use)")
     run.add_argument("--out", default="out", help="output directory (default: out)")
-    run.add_argument("--endpoint", default=None, choices=["/v1/chat/completions", "/v1/completions"],
+    run.add_argument("--endpoint", default=None, choices=list(ENDPOINTS),
                      help="default: the first line's url")
     run.add_argument("--no-progress", action="store_true")
     add_engine_flags(run)
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--model", default=None,
                        help="model for lines that name none (default: PAGEBATCH_DEFAULT_MODEL)")
     watch.add_argument("--endpoint", default="/v1/chat/completions",
-                       choices=["/v1/chat/completions", "/v1/completions"])
+                       choices=list(ENDPOINTS))
     watch.set_defaults(func=_cmd_watch)
     return parser
 

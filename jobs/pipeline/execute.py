@@ -113,7 +113,7 @@ def _collect(result: ShardResult, ctx: RequestContext, job: ValidLine, futures: 
     reasons = {out.finish_reason for out in outs}
     combined = combined_output(outs)  # usage: the prompt once, every choice's completion tokens
     if reasons <= {"stop", "length"}:
-        body = response_body(endpoint, model_name, outs, ids.response_id)
+        body = response_body(endpoint, model_name, outs, ids.response_id, job.request.echo)
         result.add_output(output_line(ids, job.custom_id, body), usage(combined, combined.finish_reason))
     elif "error" in reasons:
         out = next(o for o in outs if o.finish_reason == "error")
