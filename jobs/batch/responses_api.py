@@ -133,7 +133,7 @@ def response_object(model: str, output: Any, response_id: str, request: dict[str
         "metadata": request.get("metadata") or {}, "output": [message],
         "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
         "usage": {"input_tokens": output.num_prompt_tokens,
-                  "input_tokens_details": {"cached_tokens": output.num_cached_tokens},
+                  "input_tokens_details": {"cached_tokens": output.num_cached_tokens, "cache_write_tokens": 0},
                   "output_tokens": completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                   "total_tokens": output.num_prompt_tokens + completion_tokens},
     }
