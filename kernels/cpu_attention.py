@@ -170,18 +170,7 @@ class _Plan:
         self.seq_idx = torch.tensor(decodes, dtype=torch.int64)
         self.row_idx = torch.tensor([offsets[i] for i in decodes], dtype=torch.int64)
         self.ctx_lens = torch.tensor([ctx[i] for i in decodes], dtype=torch.int32)
-        self.prefills = []
-        device = meta.block_tables.device
-        for i, q_len in enumerate(q_lens):
-            if q_len == 1:
-                continue
-            ctx_len = ctx[i]
-            table = meta.block_tables[i, : -(-ctx_len // block_size)]
-            mask = None
-            if ctx_len != q_len:
-                pos_q = torch.arange(ctx_len - q_len, ctx_len, device=device)
-                mask = torch.arange(ctx_len, device=device)[None, :] <= pos_q[:, None]
-            self.prefills.append((offsets[i], q_len, ctx_len, table, mask))
+        self.prefills = reference.plan_prefills(meta, block_size)
 
 
 def _plan(meta: AttentionMetadata, block_size: int) -> _Plan:

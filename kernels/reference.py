@@ -102,17 +102,24 @@ class _Plan:
             mask = torch.arange(num_blocks * block_size, device=device)[None, :] < lens[:, None]
             rows = torch.tensor([offsets[i] for i in group], device=device)
             self.decode_groups.append((rows, meta.block_tables[index, :num_blocks], mask[:, None, None, :]))
-        self.prefills = []
-        for i, q_len in enumerate(meta.query_lens_cpu):
-            if q_len == 1:
-                continue
-            ctx_len = ctx[i]
-            table = meta.block_tables[i, : -(-ctx_len // block_size)]
-            mask = None
-            if ctx_len != q_len:
-                pos_q = torch.arange(ctx_len - q_len, ctx_len, device=device)
-                mask = torch.arange(ctx_len, device=device)[None, :] <= pos_q[:, None]
-            self.prefills.append((offsets[i], q_len, ctx_len, table, mask))
+        self.prefills = plan_prefills(meta, block_size)
+
+
+def plan_prefills(meta: AttentionMetadata, block_size: int) -> list[tuple]:
+    """(first row, query length, context length, block table, causal mask or None) of each prefill chunk."""
+    offsets, ctx, device = _prefix_sums(meta.query_lens_cpu), meta.context_lens_cpu, meta.block_tables.device
+    prefills = []
+    for i, q_len in enumerate(meta.query_lens_cpu):
+        if q_len == 1:
+            continue
+        ctx_len = ctx[i]
+        table = meta.block_tables[i, : -(-ctx_len // block_size)]
+        mask = None
+        if ctx_len != q_len:
+            pos_q = torch.arange(ctx_len - q_len, ctx_len, device=device)
+            mask = torch.arange(ctx_len, device=device)[None, :] <= pos_q[:, None]
+        prefills.append((offsets[i], q_len, ctx_len, table, mask))
+    return prefills
 
 
 def _similar_length_groups(order: list[int], lengths: list[int], waste: float = 0.25) -> list[list[int]]:
