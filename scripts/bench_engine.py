@@ -53,8 +53,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_pagebatch(path: str, prompts, outputs, device: str, dtype: str) -> tuple[float, object]:
-    llm = LLM(path, dtype=dtype, device=device, max_num_seqs=256, max_num_batched_tokens=2048)
+def run_pagebatch(path: str, prompts, outputs, device: str, dtype: str, kernels: str = "auto") -> tuple[float, object]:
+    llm = LLM(path, dtype=dtype, device=device, max_num_seqs=256, max_num_batched_tokens=2048, kernels=kernels)
     llm.generate(prompts[:4], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
     llm.engine.blocks.reset_prefix_cache()
     base_steps = llm.engine.stats().num_steps
@@ -212,6 +212,10 @@ def main() -> None:
     ap.add_argument("--decode-bandwidth", action="store_true", help="batch-1 decode bandwidth of a ~0.5B model instead")
     ap.add_argument("--bandwidth-preset", default="0.5b", help="0.5b, or a make_model preset for a quick CPU run")
     ap.add_argument("--breakdown", action="store_true", help="also print where pagebatch's time goes")
+    ap.add_argument("--kernels", default="auto",
+                    help="engine kernel choices to compare, e.g. torch,cpu (alternated, best of --rounds; the first "
+                         "is the one compared with transformers)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of pagebatch runs (best of)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -228,8 +232,16 @@ def main() -> None:
           f"{useful} output tokens, device={args.device}, dtype={dtype}, threads={args.threads}")
 
     results = {}
-    elapsed, utilization = run_pagebatch(path, prompts, outputs, args.device, dtype)
-    results["pagebatch"] = elapsed
+    kernel_choices = args.kernels.split(",")
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for choice in kernel_choices:
+            elapsed, utilization = run_pagebatch(path, prompts, outputs, args.device, dtype, choice)
+            best[choice] = min(best.get(choice, float("inf")), elapsed)
+    results["pagebatch"] = best[kernel_choices[0]]
+    for choice in kernel_choices[1:]:
+        print(f"pagebatch kernels={choice:8s} {useful / best[choice]:10.1f} output tok/s = "
+              f"{best[kernel_choices[0]] / best[choice]:.2f}x kernels={kernel_choices[0]} (best of {args.rounds})")
     skip = set(filter(None, args.skip.split(",")))
     if "static" not in skip:
         results["transformers generate (static, batch 16)"] = run_static(path, prompts, outputs, args.device, dtype)

@@ -37,8 +37,12 @@ class ModelHeartbeat:
 
     def __init__(self, client: redis.Redis, model: str, worker_id: str, loop: EngineHandle) -> None:
         self.client, self.model, self.worker_id, self.loop = client, model, worker_id, loop
+        self.consumer: Any = None  # Celery's consumer, once it listens
 
     def beat(self) -> None:
+        connection = getattr(self.consumer, "connection", None)
+        if self.consumer is not None and (connection is None or not connection.connected):
+            return  # not consuming (the broker is away or reconnecting): let the advertisement lapse
         if not self.loop.is_alive():
             log.error("the engine thread died; stopping this worker so its shards go elsewhere",
                       error=repr(self.loop.fatal_error))
@@ -76,7 +80,8 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
     ]
 
     @signals.worker_ready.connect(weak=False)
-    def _ready(**_: Any) -> None:
+    def _ready(sender: Any = None, **_: Any) -> None:
+        heartbeat.consumer = sender
         for thread in background:  # advertise only once the consumer is listening
             thread.start()
         log.info("worker ready", model=model, worker=worker_id, queues=[model_queue(model), CONTROL_QUEUE])
