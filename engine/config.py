@@ -27,7 +27,7 @@ class EngineConfig:
     served_model_name: str | None = None
     seed: int = 0  # for unseeded sampled requests
     enable_cuda_graphs: bool = True  # decode steps on GPU only
-    kernels: str = "auto"  # torch | triton | cpu | auto (Triton on CUDA when it imports); see kernels.dispatch
+    kernels: str = "auto"  # torch | triton | cpu | auto (Triton on CUDA when it imports, cpu on CPU); see kernels.dispatch
 
     def __post_init__(self) -> None:
         if self.dtype not in (*DTYPES, "auto"):

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     # Serve /docs and /openapi.json (the interactive API description); off hides them.
     api_docs: bool = True
 
-    # Which kernels the engine runs: torch (the references), triton, cpu (C++ decode attention), or auto (Triton on CUDA).
+    # Which kernels the engine runs: torch (the references), triton, cpu (C++ decode attention), or auto (Triton on
+    # CUDA, cpu on CPU).
     kernels: str = Field("auto", pattern="^(auto|torch|triton|cpu)$")
 
     log_level: str = "INFO"

@@ -4,7 +4,7 @@ The caller names the choice (the engine passes ``EngineConfig.kernels``; nothing
 environment): ``torch`` (the references), ``triton`` (the Triton kernels; on CPU that needs
 ``TRITON_INTERPRET=1``), ``cpu`` (the C++ CPU decode-attention kernel of ``kernels/cpu_attention.py``,
 built on first use; the references where it cannot be built), or ``auto`` (Triton for CUDA tensors
-when Triton imports, torch otherwise).
+when Triton imports, ``cpu`` for CPU tensors, torch otherwise).
 """
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def select_backend(choice: str, device_type: str) -> KernelBackend:
         if device_type != "cpu":
             raise ValueError(f"kernels='cpu' runs on CPU tensors, not {device_type}")
         return _cpu_backend()
+    if choice == "auto" and device_type == "cpu":
+        return _cpu_backend()  # the C++ decode attention where it builds, else the references
     if choice == "torch" or (choice == "auto" and device_type != "cuda"):
         return TORCH  # without importing Triton: its import fixes TRITON_INTERPRET for the process
     triton = _triton_backend()

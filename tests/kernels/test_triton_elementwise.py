@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels import cpu_attention
 from kernels import dispatch, reference, triton_ops
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
@@ -111,7 +112,9 @@ def test_write_kv_skips_negative_slots(device: str) -> None:
 
 def test_dispatch_selects_triton_ops() -> None:
     assert dispatch.backend_for("cpu", "triton") is triton_ops
-    assert dispatch.backend_for("cpu", "auto") is reference
+    # auto on CPU: the C++ decode attention where it builds (kernels/cpu_attention.py), else the references
+    assert dispatch.backend_for("cpu", "auto") is (cpu_attention if cpu_attention.available() else reference)
+    assert dispatch.backend_for("cpu", "torch") is reference
     assert dispatch.backend_for("cuda", "auto") is triton_ops
     assert dispatch.select_backend("triton", "cpu").supports_cuda_graphs
     assert not dispatch.select_backend("torch", "cuda").supports_cuda_graphs
