@@ -9,15 +9,19 @@ from jobs.pipeline.deadlines import enforce_deadlines
 from jobs.pipeline.recovery import sweep as restore_lost_batches
 from jobs.services import Services
 from jobs.store import keys
+from jobs.store.queues import SHARD_TASK
 from jobs.store.registry import known_models
 
 UNSENT_AFTER_S = 30.0  # a shard released to the broker but not sent by then: its releaser died
 
 
 def keep_shards_moving(svc: Services) -> None:
-    """Release what the fair queue can (a missed release only delays) and re-send lost releases."""
+    """Release what the fair queue can (a missed release only delays) and re-send lost releases and lost messages."""
+    lost_after_s = svc.settings.visibility_timeout + 60  # a live message is queued, or unacked and leased
     for model in known_models(svc.redis):
         svc.dispatch.fair.resend_unsent(model, UNSENT_AFTER_S)
+        svc.dispatch.fair.resend_lost(model, lost_after_s, SHARD_TASK,
+                                      lambda batch_id, shard: svc.state.is_done(batch_id, str(shard)))
         svc.dispatch.fair.release(model)
 
 

@@ -9,6 +9,8 @@ capped in lines in flight. Every step is one Lua script, so concurrent releases 
 """
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -161,6 +163,27 @@ class FairQueue:
             self._send(model, f"{item.batch_id}|{item.shard}")
         return len(stale)
 
+    def resend_lost(self, model: str, older_than_s: float, task_name: str, is_done: Callable[[str, int], bool]) -> int:
+        """Shards sent long ago whose message is neither queued nor delivered (a broker that died between
+        popping a message and recording it unacked loses it): free the place of those done, send the rest again."""
+        now = time.time()
+        stale = [f for f in self.in_flight(model) if f.sent and now - f.released_at > older_than_s]
+        if not stale:
+            return 0
+        present = _queued_shards(self.client, model, task_name)
+        resent = 0
+        for item in stale:
+            if (item.batch_id, item.shard) in present:
+                continue
+            if is_done(item.batch_id, item.shard):
+                self.done(model, item.batch_id, item.shard)
+                continue
+            self._send(model, f"{item.batch_id}|{item.shard}")
+            self.client.hset(keys.fair(model, "in_flight"), f"{item.batch_id}|{item.shard}",
+                             f"{item.tenant}|{item.lines}|1|{now}")
+            resent += 1
+        return resent
+
     def _send(self, model: str, field: str) -> None:
         batch_id, _, index = field.rpartition("|")
         tenant = self.client.hget(keys.fair(model, "in_flight"), field)
@@ -168,3 +191,19 @@ class FairQueue:
             return  # finished already
         self.send(batch_id, tenant.split("|", 1)[0], int(index), model)
         self._mark_sent(keys=[keys.fair(model, "in_flight")], args=[field])
+
+
+def _queued_shards(client: redis.Redis, model: str, task_name: str) -> set[tuple[str, int]]:
+    """(batch id, shard) of every shard task message waiting in the model's queue or delivered and not acked."""
+    raws = [json.loads(m) for m in client.lrange(keys.model_queue(model), 0, -1)]
+    raws += [json.loads(v)[0] for v in client.hvals(keys.UNACKED)]
+    found = set()
+    for message in raws:
+        if not isinstance(message, dict) or message.get("headers", {}).get("task") != task_name:
+            continue
+        try:
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            found.add((args[0], int(args[2])))
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+    return found

@@ -29,6 +29,7 @@ PREFIX = "pb:"
 # Celery's Redis transport: a list per queue, and the sorted set of delivered-but-unacked messages.
 CONTROL_QUEUE = "pagebatch.control"
 UNACKED_INDEX = "unacked_index"
+UNACKED = "unacked"  # hash: delivery tag -> the delivered message, until it is acked
 
 BATCH_PARTS = ("progress", "done", "attempts")
 SWEEP_LOCK = f"{PREFIX}lock:sweep"

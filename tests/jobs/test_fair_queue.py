@@ -73,3 +73,23 @@ def test_a_release_whose_sender_died_is_sent_again(client):
     assert not item.sent
     assert queue.resend_unsent(MODEL, older_than_s=-1) == 1
     assert calls == [0, 0] and queue.in_flight(MODEL)[0].sent
+
+
+def test_a_shard_message_the_broker_lost_is_sent_again(redis_server, client):
+    """A broker that dies between popping a message and recording it unacked loses it: the sweep re-sends it."""
+    from jobs.settings import Settings
+    from jobs.store import keys
+    from jobs.store.queues import SHARD_TASK, Dispatcher, create_celery
+
+    settings = Settings(redis_url=redis_server.url.rsplit("/", 1)[0] + "/6", dispatch_window=4)
+    dispatch = Dispatcher(create_celery(settings), client, settings)
+    dispatch.shards("batch_lost", "t", MODEL, [(0, 5), (1, 5)])
+    queue = keys.model_queue(MODEL)
+    assert client.llen(queue) == 2
+    done = {("batch_lost", 1)}
+    is_done = lambda batch, shard: (batch, shard) in done  # noqa: E731
+    assert dispatch.fair.resend_lost(MODEL, -1, SHARD_TASK, is_done) == 0  # both messages are queued
+    client.delete(queue)  # lost with the broker
+    assert dispatch.fair.resend_lost(MODEL, -1, SHARD_TASK, is_done) == 1  # shard 1 is done: its place is freed
+    assert client.llen(queue) == 1
+    assert [(f.batch_id, f.shard) for f in dispatch.fair.in_flight(MODEL)] == [("batch_lost", 0)]
