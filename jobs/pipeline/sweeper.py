@@ -13,11 +13,14 @@ from jobs.store.queues import SHARD_TASK
 from jobs.store.registry import known_models
 
 UNSENT_AFTER_S = 30.0  # a shard released to the broker but not sent by then: its releaser died
+LOST_AFTER_S = 30.0  # a shard sent this long ago with no message queued or delivered: the broker lost it
 
 
 def keep_shards_moving(svc: Services) -> None:
     """Release what the fair queue can (a missed release only delays) and re-send lost releases and lost messages."""
-    lost_after_s = svc.settings.visibility_timeout + 60  # a live message is queued, or unacked and leased
+    # A live shard's message is queued or unacked (kombu records a delivery right as it pops it); one that is
+    # neither for this long was lost with the broker.
+    lost_after_s = LOST_AFTER_S
     for model in known_models(svc.redis):
         svc.dispatch.fair.resend_unsent(model, UNSENT_AFTER_S)
         svc.dispatch.fair.resend_lost(model, lost_after_s, SHARD_TASK,
