@@ -26,10 +26,11 @@ class Reference:
     logits: torch.Tensor  # [steps, vocab] float32
 
 
-def transformers_greedy(model_dir: str, prompts: list[list[int]], max_new_tokens: int) -> list[Reference]:
+def transformers_greedy(model_dir: str, prompts: list[list[int]], max_new_tokens: int,
+                        dtype: torch.dtype = torch.float32) -> list[Reference]:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     refs = []
     with torch.inference_mode():
         for prompt in prompts:

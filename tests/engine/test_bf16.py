@@ -38,7 +38,7 @@ import torch
 from engine import LLM, SamplingParams
 from engine import dtypes
 from engine.dtypes import cpu_has_native_bf16, resolve_dtype
-from tests.engine.parity import Reference, mixed_prompts
+from tests.engine.parity import Reference, mixed_prompts, transformers_greedy
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -64,18 +64,7 @@ def chat_ids(tokenizer, question: str) -> list[int]:
 
 
 def transformers_greedy_bf16(model_dir: str, prompts: list[list[int]], max_new_tokens: int) -> list[Reference]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
-    refs = []
-    with torch.inference_mode():
-        for prompt in prompts:
-            out = model.generate(
-                torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
-                output_logits=True, return_dict_in_generate=True, pad_token_id=model.config.pad_token_id,
-            )
-            refs.append(Reference(out.sequences[0, len(prompt):].tolist(), torch.cat(out.logits).float()))
-    return refs
+    return transformers_greedy(model_dir, prompts, max_new_tokens, dtype=torch.bfloat16)
 
 
 def compare_bf16(outputs, refs: list[Reference]) -> dict:
