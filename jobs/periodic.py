@@ -4,8 +4,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import redis
-
 from jobs.errors import OUTAGE_ERRORS
 from jobs.logs import get_logger
 
@@ -42,7 +40,7 @@ class Periodic:
         while True:
             try:
                 self.fn()
-            except (*OUTAGE_ERRORS, redis.RedisError, OSError) as e:
+            except (*OUTAGE_ERRORS, OSError) as e:
                 log.warning(f"{self.name} skipped", error=repr(e))
             except Exception:
                 log.exception(f"{self.name} failed")

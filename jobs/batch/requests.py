@@ -4,7 +4,6 @@ A line is parsed when its file is validated; the parsed request is what a shard 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 

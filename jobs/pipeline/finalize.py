@@ -90,7 +90,11 @@ def finalize_batch(svc: Services, batch_id: str, tenant: str) -> None:
 
     # cancel_requested cannot change while finalizing: the event chosen here is the one conclude names.
     event = lifecycle.concluding_event(record.cancel_requested, merged.expired)
-    changed, finished = svc.state.transition(batch_id, event, lambda r: conclude(r, merged, ids) == event)
+
+    def record_results(r: BatchRecord) -> None:
+        conclude(r, merged, ids)
+
+    changed, finished = svc.state.transition(batch_id, event, record_results)
     if changed:
         log.info("batch finished", batch_id=batch_id, status=finished.status if finished else None,
                  completed=merged.completed, failed=merged.failed)
