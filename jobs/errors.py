@@ -27,3 +27,15 @@ class JobError(Exception):
 # What a dependency outage looks like from Python: callers answer "retry later", never "failed".
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, BotoCoreError, ClientError, ConnectionError,
                                                   TimeoutError)
+
+_RETRYABLE_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
+                       "InternalError", "RequestTimeTooSkewed"}
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether waiting can fix it: any connection or Redis error, but of S3's answers only 5xx and throttling
+    (a refused or misconfigured request, such as AccessDenied or NoSuchBucket, stays refused)."""
+    if isinstance(error, ClientError):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") in _RETRYABLE_S3_CODES
+    return isinstance(error, OUTAGE_ERRORS)

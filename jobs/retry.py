@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from jobs.errors import OUTAGE_ERRORS
+from jobs.errors import OUTAGE_ERRORS, is_outage
 from jobs.logs import get_logger
 
 log = get_logger(__name__)
@@ -35,6 +35,8 @@ def through_outages(fn: Callable[[], T], *, what: str, deadline: float | None = 
         try:
             return fn()
         except OUTAGE_ERRORS as e:
+            if not is_outage(e):
+                raise
             attempt += 1
             delay = next(delays)
             if deadline is not None and time.time() + delay >= deadline:
