@@ -56,7 +56,7 @@ _EVENT_SCHEMA: dict[str, Any] = {
                                                        "content": {"application/json": {"schema": _EVENT_SCHEMA}}}})
 async def s3_events(request: Request, svc: Svc, owner: Tenant,
                     model: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
-                    endpoint: Annotated[Literal["/v1/chat/completions", "/v1/completions", "/v1/responses"], Query()] = CHAT,
+                    endpoint: Annotated[Literal["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"], Query()] = CHAT,
                     ) -> Any:
     raw = await _read_bounded(request, svc.settings.max_event_bytes)
     try:

@@ -18,7 +18,7 @@ class EngineConfig:
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     block_size: int = 16
     num_kv_blocks: int | None = None  # the KV pool's size in blocks; None: derived from the memory budget
-    kv_cache_memory: int | None = None  # bytes for the KV pool; None: 1 GiB on CPU, 90% of free memory on GPU
+    kv_cache_memory: int | None = None  # bytes for the KV pool; None: what max_num_seqs x max_model_len needs, up to 2 GiB (and an eighth of RAM) on CPU, 90% of free memory on GPU
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048

@@ -3,8 +3,9 @@
 Who owns what: the request builder turns a prompt into a ready Request; the scheduler owns
 request progress and the KV block manager; the runner owns the KV tensors and CUDA graphs; the
 sampler turns logits into tokens; the output builder turns a finished request into its output.
-A step is schedule -> execute -> sample -> scheduler.update, and a request that makes the
-forward pass or sampling raise fails alone (engine.isolation).
+A step is schedule -> execute -> sample (and pool) -> scheduler.update, and a request that makes the
+forward pass or sampling raise fails alone (engine.isolation). Embedding requests (PoolingParams) share
+the steps of generation requests; they are prefilled, pooled and finished, never sampled (engine.pooling).
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from engine.dtypes import resolve_dtype
 from engine.inputs import Prompt, RequestRejected
 from engine.isolation import execute_isolating, sample_isolating
 from engine.models import ModelSpec, load_hf_config, load_model, resolve_checkpoint
+from engine.models.pooling_config import read_pooling
 from engine.output_builder import OutputBuilder
 from engine.outputs import RequestOutput
+from engine.pooling import PoolingParams
 from engine.request import Request
 from engine.request_builder import RequestBuilder
 from engine.runner import ModelRunner, plan_num_kv_blocks
@@ -49,15 +52,18 @@ class LLMEngine:
         self.model.use_kernels(select_backend(config.kernels, self.device.type))
         self.num_blocks = plan_num_kv_blocks(config, self.spec, self.dtype, self.device, self.max_model_len)
         self.runner = ModelRunner(self.model, self.num_blocks, config.block_size)
-        if config.enable_cuda_graphs:
+        generates = self.model.lm_head is not None  # a base model serves embeddings only
+        if config.enable_cuda_graphs and generates:
             self.runner.enable_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.eos_token_ids = _eos_token_ids(hf_config, self.tokenizer)
         self.scheduler = Scheduler(
             BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching),
             config.max_num_seqs, config.max_num_batched_tokens, self.eos_token_ids, self.max_model_len,
         )
+        self.pooling = read_pooling(path, hf_config)
         self.builder = RequestBuilder(self.tokenizer, self.spec.vocab_size, self.max_model_len, self.num_blocks,
-                                      config.block_size, self.eos_token_ids, self.device, config.seed)
+                                      config.block_size, self.eos_token_ids, self.device, config.seed,
+                                      pooling=self.pooling, generates=generates)
         self.outputs = OutputBuilder(self.tokenizer)
         self.sampler = sample
         self._finished: list[RequestOutput] = []  # rejected requests, returned by the next step
@@ -78,12 +84,15 @@ class LLMEngine:
         return self.scheduler.blocks
 
     # -- requests ------------------------------------------------------------------------------------
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Queue a request. A bad request never raises: it finishes at the next step with finish_reason 'error'."""
+    def add_request(
+        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None
+    ) -> str:
+        """Queue a request (PoolingParams: an embedding). A bad request never raises: it finishes at the next step
+        with finish_reason 'error'."""
         return self.admit(self.prepare_request(prompt, params, request_id))
 
     def prepare_request(
-        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None
     ) -> Request | RequestOutput:
         """Validate, template and tokenize a request; its error output if it cannot run. Never raises, and is
         thread-safe: run it on any thread, then ``admit`` the result on the engine's thread."""
@@ -127,10 +136,13 @@ class LLMEngine:
         if not batch:
             return finished
         self._stats.record_step(batch, self.scheduler.running)
-        rows, logits, failed = execute_isolating(self.runner.execute, batch)
+        rows, out, failed = execute_isolating(self.runner.execute, batch)
+        for request_id, hidden in out.pooled.items():
+            if request_id not in failed:
+                self.scheduler.requests[request_id].pooling.add(hidden)
         sampled = {}
         if rows:
-            sampled, sample_failed = sample_isolating(self.sampler, logits, rows)
+            sampled, sample_failed = sample_isolating(self.sampler, out.logits, rows)
             failed.update(sample_failed)
         self._stats.record_generated(len(sampled))
         finished += [self._output(done) for done in self.scheduler.update(batch, sampled, failed)]

@@ -30,10 +30,14 @@ class PromptError(RequestRejected):
 class PromptProcessor:
     def __init__(self, tokenizer, vocab_size: int, max_model_len: int) -> None:
         self.tokenizer = tokenizer
+        # A fast tokenizer's Rust backend encodes the same ids as the tokenizer's __call__, in half the time
+        # and holding the GIL for less of it (the engine thread steps while callers prepare).
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
 
-    def token_ids(self, prompt: Prompt) -> list[int]:
+    def token_ids(self, prompt: Prompt, leave: int = 1) -> list[int]:
+        """``leave``: context positions the prompt must leave free (1 for a generated token, 0 for an embedding)."""
         if isinstance(prompt, str):
             self._check_chars(len(prompt))
             ids = self._tokenize(prompt, add_special_tokens=True)
@@ -41,7 +45,7 @@ class PromptProcessor:
             ids = self.render_chat(prompt)
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
-            self._check_length(len(ids))
+            self._check_length(len(ids), leave)
             bad = [t for t in ids if not 0 <= t < self.vocab_size]
             if bad:
                 raise PromptError(f"token id {str(bad[0])[:40]} is outside the model's vocabulary [0, {self.vocab_size})")
@@ -49,7 +53,7 @@ class PromptProcessor:
             raise PromptError("a prompt must be a string, a list of token ids, or a list of chat messages")
         if not ids:
             raise PromptError("the prompt is empty; give at least one token")
-        self._check_length(len(ids))
+        self._check_length(len(ids), leave)
         return ids
 
     def render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -67,6 +71,8 @@ class PromptProcessor:
 
     def _tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         try:
+            if self._backend is not None:
+                return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
             return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         except Exception as exc:  # noqa: BLE001 - whatever the text makes the tokenizer raise fails this request alone
             raise PromptError(
@@ -82,10 +88,11 @@ class PromptProcessor:
                 code="context_length_exceeded",
             )
 
-    def _check_length(self, num_tokens: int) -> None:
-        if num_tokens >= self.max_model_len:
+    def _check_length(self, num_tokens: int, leave: int) -> None:
+        if num_tokens + leave > self.max_model_len:
+            room = " and must leave room for at least one generated token" if leave else ""
             raise PromptError(
-                f"the prompt has {num_tokens} tokens but the model's context is {self.max_model_len} tokens "
-                "and must leave room for at least one generated token; shorten the prompt",
+                f"the prompt has {num_tokens} tokens but the model's context is {self.max_model_len} tokens"
+                f"{room}; shorten the prompt",
                 code="context_length_exceeded",
             )

@@ -13,50 +13,53 @@ import structlog
 import torch
 
 from engine.request import Request
+from engine.runner import StepOutput
 from engine.sampler import SampledToken
 from engine.scheduler import ScheduledBatch
 
 log = structlog.get_logger("pagebatch.engine")
 
-Execute = Callable[[ScheduledBatch], "torch.Tensor | None"]
+Execute = Callable[[ScheduledBatch], StepOutput]
 Sample = Callable[[torch.Tensor, list[Request], "list[list[int] | None] | None"], list[SampledToken]]
 
 
-def execute_isolating(execute: Execute, batch: ScheduledBatch) -> tuple[list[Request], torch.Tensor | None, dict[str, str]]:
-    """Run ``batch``; returns the sampled requests that ran, their logits rows (in that order), and the
-    requests that failed (id -> why)."""
+def execute_isolating(execute: Execute, batch: ScheduledBatch) -> tuple[list[Request], StepOutput, dict[str, str]]:
+    """Run ``batch``; returns the sampled requests that ran, the step's output (their logits rows in that order,
+    the pooled hidden states), and the requests that failed (id -> why)."""
     try:
         return batch.sampled_requests, execute(batch), {}
     except Exception as exc:  # noqa: BLE001 - find the request(s) that cause it
         if len(batch.requests) == 1:
-            return [], None, {batch.requests[0].request_id: _describe("the forward pass", exc)}
+            return [], StepOutput(), {batch.requests[0].request_id: _describe("the forward pass", exc)}
         log.warning("forward pass failed; re-running the batch in parts to find the request(s) that cause it",
                     batch_size=len(batch.requests), error=repr(exc))
     return _bisect(execute, batch)
 
 
-def _bisect(execute: Execute, batch: ScheduledBatch) -> tuple[list[Request], torch.Tensor | None, dict[str, str]]:
+def _bisect(execute: Execute, batch: ScheduledBatch) -> tuple[list[Request], StepOutput, dict[str, str]]:
     n = len(batch.requests)
     rows: list[Request] = []
     logits: list[torch.Tensor] = []
+    pooled: dict[str, torch.Tensor] = {}
     failed: dict[str, str] = {}
     for part in (batch.subset(range(n // 2)), batch.subset(range(n // 2, n))):
         try:
-            part_logits = execute(part)
+            out = execute(part)
         except Exception as exc:  # noqa: BLE001
             if len(part.requests) == 1:
                 failed[part.requests[0].request_id] = _describe("the forward pass", exc)
                 continue
-            part_rows, part_logits, part_failed = _bisect(execute, part)
+            part_rows, out, part_failed = _bisect(execute, part)
             failed.update(part_failed)
         else:
             part_rows = part.sampled_requests
         rows += part_rows
-        if part_logits is not None:
-            logits.append(part_logits)
+        if out.logits is not None:
+            logits.append(out.logits)
+        pooled.update(out.pooled)
     if failed:
         log.warning("requests failed the forward pass; the rest of the batch carries on", failed=sorted(failed))
-    return rows, (torch.cat(logits) if logits else None), failed
+    return rows, StepOutput(torch.cat(logits) if logits else None, pooled), failed
 
 
 def sample_isolating(sample: Sample, logits: torch.Tensor, requests: list[Request]) -> tuple[dict[str, SampledToken], dict[str, str]]:

@@ -1,4 +1,4 @@
-"""LLM: the offline API — a list of prompts in, their outputs back in the same order."""
+"""LLM: the offline API — a list of prompts in, their outputs (texts, or embeddings) back in the same order."""
 from __future__ import annotations
 
 import uuid
@@ -8,6 +8,7 @@ from engine.config import EngineConfig
 from engine.engine import LLMEngine
 from engine.inputs import Prompt
 from engine.outputs import RequestOutput
+from engine.pooling import PoolingParams
 from engine.sampling_params import SamplingParams
 
 
@@ -25,12 +26,24 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
+        return self._run(prompts, params, SamplingParams, use_tqdm, "generate")
+
+    def embed(
+        self,
+        prompts: Sequence[Prompt],
+        params: PoolingParams | Sequence[PoolingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """One embedding per prompt (``output.embedding``), pooled as ``params`` or the checkpoint says."""
+        return self._run(prompts, params, PoolingParams, use_tqdm, "embed")
+
+    def _run(self, prompts, params, kind: type, use_tqdm: bool, desc: str) -> list[RequestOutput]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # one prompt given bare
-        if params is None or isinstance(params, SamplingParams):
-            params = [params or SamplingParams()] * len(prompts)
+        if params is None or isinstance(params, kind):
+            params = [params or kind()] * len(prompts)
         if len(params) != len(prompts):
-            raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one per prompt")
+            raise ValueError(f"got {len(params)} {kind.__name__} for {len(prompts)} prompts; pass one, or one per prompt")
         tag = uuid.uuid4().hex[:8]
         order = [self.engine.add_request(p, sp, request_id=f"{tag}-{i}") for i, (p, sp) in enumerate(zip(prompts, params))]
         results: dict[str, RequestOutput] = {}
@@ -38,7 +51,7 @@ class LLM:
         if use_tqdm:
             from tqdm import tqdm
 
-            progress = tqdm(total=len(order), desc="generate", unit="req")
+            progress = tqdm(total=len(order), desc=desc, unit="req")
         while len(results) < len(order):
             if not self.engine.has_unfinished_requests():
                 raise RuntimeError("the engine stopped with requests outstanding; this is a bug, please report it")

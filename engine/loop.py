@@ -22,6 +22,7 @@ import structlog
 from engine.engine import LLMEngine
 from engine.inputs import Prompt
 from engine.outputs import RequestOutput
+from engine.pooling import PoolingParams
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.stats import EngineStats
@@ -59,9 +60,12 @@ class EngineLoop:
         """True while the engine thread runs and has not failed; False once it died or was closed."""
         return self._fatal is None and self._thread.is_alive()
 
-    def submit(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> Future[RequestOutput]:
+    def submit(
+        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None
+    ) -> Future[RequestOutput]:
         """Prepare the request on this thread and queue it; the Future resolves with its output (an error
-        output if it cannot run), or raises EngineDeadError if the engine thread dies first."""
+        output if it cannot run), or raises EngineDeadError if the engine thread dies first. With PoolingParams
+        the request is an embedding: its output's ``embedding`` holds the vector."""
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
             self._check_open(request_id)

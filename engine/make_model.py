@@ -2,10 +2,13 @@
 
 No weights can be downloaded on the machines this project is tested on, so tests, demos and
 benchmarks make their own: config.json + model.safetensors + a byte-level BPE tokenizer with a
-chat template, loadable by transformers and by this engine alike.
+chat template, loadable by transformers and by this engine alike. ``embedding=True`` saves the base
+model instead (``<Family>Model``: no language-model head, as embedding checkpoints are), optionally
+with a sentence-transformers pooling description and Matryoshka dimensions.
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -17,6 +20,8 @@ ARCHITECTURES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
 }
+BASE_MODELS = {"llama": "LlamaModel", "mistral": "MistralModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}
+ST_POOLING_MODES = {"last": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, "<|user|>", "<|assistant|>", "<|system|>"]
@@ -86,8 +91,17 @@ def make_checkpoint(
     init_std: float = 0.08,
     dtype: str = "float32",
     seed: int = 0,
+    embedding: bool = False,
+    pooling: str | None = None,
+    normalize: bool = True,
+    matryoshka_dimensions: list[int] | None = None,
 ) -> Path:
-    """Create a random-weight checkpoint of ``arch`` at ``path`` and return the path."""
+    """Create a random-weight checkpoint of ``arch`` at ``path`` and return the path.
+
+    ``embedding``: the base model, embeddings only. ``pooling`` (last, mean or cls) writes a sentence-transformers
+    description (``modules.json``, ``1_Pooling/config.json``, a Normalize module when ``normalize``);
+    ``matryoshka_dimensions`` goes into config.json.
+    """
     import transformers
 
     if arch not in ARCHITECTURES:
@@ -128,12 +142,32 @@ def make_checkpoint(
         kwargs["head_dim"] = head_dim or hidden_size // num_heads
     if arch == "mistral":
         kwargs["sliding_window"] = None
+    if matryoshka_dimensions:
+        kwargs["matryoshka_dimensions"] = list(matryoshka_dimensions)
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
-    model = getattr(transformers, ARCHITECTURES[arch][1])(config)
+    model = getattr(transformers, BASE_MODELS[arch] if embedding else ARCHITECTURES[arch][1])(config)
     _perturb_default_params(model, init_std, seed)
     model.to(getattr(torch, dtype)).save_pretrained(str(path))
+    if pooling is not None:
+        write_sentence_transformers_pooling(path, pooling, hidden_size, normalize)
     return path
+
+
+def write_sentence_transformers_pooling(path: Path, pooling: str, hidden_size: int, normalize: bool = True) -> None:
+    """The files sentence-transformers (and this engine) read a checkpoint's pooling from."""
+    if pooling not in ST_POOLING_MODES:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(ST_POOLING_MODES)}")
+    st = "sentence_transformers.models."
+    modules = [{"idx": 0, "name": "0", "path": "", "type": st + "Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": st + "Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": st + "Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules, indent=2))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    config = {"word_embedding_dimension": hidden_size, "include_prompt": True,
+              **{mode: name == pooling for name, mode in ST_POOLING_MODES.items()}}
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2))
 
 
 @torch.no_grad()
@@ -160,4 +194,5 @@ def sizes_for(preset: str) -> dict[str, int]:
     return dict(presets[preset])
 
 
-__all__ = ["ARCHITECTURES", "make_checkpoint", "make_tokenizer", "sizes_for"]
+__all__ = ["ARCHITECTURES", "BASE_MODELS", "make_checkpoint", "make_tokenizer", "sizes_for",
+           "write_sentence_transformers_pooling"]

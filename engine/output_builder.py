@@ -1,4 +1,5 @@
-"""Builds the RequestOutput of a finished request: its text, its logprobs with their token strings."""
+"""Builds the RequestOutput of a finished request: its text, its logprobs with their token strings, or the
+vector of an embedding request."""
 from __future__ import annotations
 
 import time
@@ -13,6 +14,8 @@ class OutputBuilder:
 
     def finished(self, done: FinishedRequest) -> RequestOutput:
         req = done.request
+        if req.pooling is not None:
+            return self._pooled(done)
         if req.detokenizer is not None:
             text = req.detokenizer.text
         else:
@@ -35,6 +38,23 @@ class OutputBuilder:
             error=done.error,
             error_code=done.error_code,
             metrics=req.metrics,
+        )
+
+    @staticmethod
+    def _pooled(done: FinishedRequest) -> RequestOutput:
+        req = done.request
+        return RequestOutput(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            token_ids=[],
+            text="",
+            finish_reason=done.reason,
+            num_prompt_tokens=req.num_prompt_tokens,
+            num_cached_tokens=req.num_cached_tokens or 0,
+            error=done.error,
+            error_code=done.error_code,
+            metrics=req.metrics,
+            embedding=req.pooling.result() if done.reason == "stop" else None,
         )
 
     @staticmethod

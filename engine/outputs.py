@@ -58,6 +58,8 @@ class RequestOutput:
     # with error: invalid_request | context_length_exceeded | request_too_large | engine_error
     error_code: str | None = None
     metrics: RequestMetrics | None = None
+    # an embedding request's vector (engine.pooling), set when it finished with "stop"; its token_ids stay empty
+    embedding: list[float] | None = None
 
     @property
     def finished(self) -> bool:

@@ -14,6 +14,7 @@ import torch
 from engine.choices import ChoiceState
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import RequestMetrics
+from engine.pooling import PoolingParams, PoolingState
 from engine.sampling_params import SamplingParams
 
 # One generated token's logprob and the top alternatives [(token_id, logprob), ...] at that step.
@@ -31,17 +32,18 @@ class Request:
         self,
         request_id: str,
         prompt_token_ids: list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         *,
         generator: torch.Generator | None = None,
         detokenizer: IncrementalDetokenizer | None = None,
         choice_state: ChoiceState | None = None,
         logits_state: Any = None,
         grammar_state: Any = None,
+        pooling: PoolingState | None = None,
     ) -> None:
         self.request_id: str = request_id
         self.prompt_token_ids: list[int] = prompt_token_ids
-        self.params: SamplingParams = params
+        self.params: SamplingParams | PoolingParams = params  # PoolingParams exactly when ``pooling`` is set
         self.token_ids: list[int] = list(prompt_token_ids)  # prompt + generated
         self.status: RequestStatus = RequestStatus.WAITING
         self.block_table: list[int] = []
@@ -50,7 +52,7 @@ class Request:
         self.num_cached_tokens: int | None = None  # prompt tokens served from cache at first admission
         self.num_preemptions: int = 0
         # one entry per generated token when params.logprobs is set
-        self.logprobs: list[SampleLogprobs] | None = [] if params.logprobs is not None else None
+        self.logprobs: list[SampleLogprobs] | None = [] if getattr(params, "logprobs", None) is not None else None
         self.generator: torch.Generator | None = generator  # sampled (non-greedy) requests only
         self.detokenizer: IncrementalDetokenizer | None = detokenizer  # streams text when there are stop strings
         self.choice_state: ChoiceState | None = choice_state  # restricts the answer to one of params.choices
@@ -59,7 +61,13 @@ class Request:
         self.logits_state: Any = logits_state
         # engine.structured.GrammarState when params.structured: masks the row's logits, ends it when complete
         self.grammar_state: Any = grammar_state
+        # set for an embedding request: prefill only, never sampled; it finishes with its prompt computed
+        self.pooling: PoolingState | None = pooling
         self.metrics: RequestMetrics = RequestMetrics(arrival_time=time.time())
+
+    @property
+    def reads_prefix_cache(self) -> bool:
+        return self.pooling is None or self.pooling.reads_prefix_cache
 
     @property
     def num_prompt_tokens(self) -> int:

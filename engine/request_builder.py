@@ -4,6 +4,7 @@ Everything slow or fallible about a new request happens here, before the engine 
 checking its parameters, rendering the chat template, tokenizing (bounded first by the prompt's
 length in characters), checking it fits the context and the KV pool, and building its generator,
 stop-string detokenizer, label trie and logits-adjustment tensors (penalties, logit_bias, min_tokens).
+An embedding request (PoolingParams) gets its pooling state instead, checked against the checkpoint's pooling.
 It is thread-safe, so ``EngineLoop.submit`` runs it on the caller's thread.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from engine.choices import ChoiceState, ChoiceTrie
 from engine.detokenizer import IncrementalDetokenizer
 from engine.inputs import Prompt, PromptProcessor, RequestRejected
+from engine.models.pooling_config import ModelPooling
+from engine.pooling import PoolingParams
 from engine.request import Request
 from engine.sampler import LogitsState
 from engine.sampling_params import SamplingParams
@@ -28,7 +31,8 @@ MAX_CACHED_TRIES = 256
 class RequestBuilder:
     def __init__(
         self, tokenizer, vocab_size: int, max_model_len: int, num_blocks: int, block_size: int,
-        eos_token_ids: set[int], device: torch.device, seed: int,
+        eos_token_ids: set[int], device: torch.device, seed: int, *, pooling: ModelPooling | None = None,
+        generates: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -37,14 +41,21 @@ class RequestBuilder:
         self.block_size = block_size
         self.eos_token_ids = eos_token_ids
         self.device = device
+        self.pooling = pooling  # None: no embedding requests
+        self.generates = generates  # False: a base model without a language-model head, embeddings only
         self.prompts = PromptProcessor(tokenizer, vocab_size, max_model_len)
         self._rng = random.Random(seed)  # seeds for unseeded sampled requests
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._tries_lock = threading.Lock()
         self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)  # compiled once per spec (LRU)
 
-    def build(self, request_id: str, prompt: Prompt, params: SamplingParams) -> Request:
+    def build(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams) -> Request:
         """Raises RequestRejected (with the prompt's token ids when it got that far) for a request that cannot run."""
+        if isinstance(params, PoolingParams):
+            return self._build_pooling(request_id, prompt, params)
+        if not self.generates:
+            raise RequestRejected("this model serves embeddings only: its checkpoint is a base model without a "
+                                  "language-model head, so it cannot generate text; send embedding requests")
         ids = self.prompts.token_ids(prompt)
         try:
             if not isinstance(params, SamplingParams):
@@ -79,6 +90,19 @@ class RequestBuilder:
         return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer,
                        choice_state=choice_state, logits_state=logits_state,
                        grammar_state=grammar_state)
+
+    def _build_pooling(self, request_id: str, prompt: Prompt, params: PoolingParams) -> Request:
+        if self.pooling is None:
+            raise RequestRejected("this engine serves no embeddings")
+        ids = self.prompts.token_ids(prompt, leave=0)
+        try:
+            state = params.resolve(self.pooling, len(ids))
+            self._check_fits(len(ids), 0)
+        except ValueError as exc:
+            rejected = exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc))
+            rejected.prompt_token_ids = ids
+            raise rejected from None
+        return Request(request_id, ids, params, pooling=state)
 
     def _check_context(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """OpenAI's rule: the prompt plus max_tokens must fit the model's context (otherwise max_tokens is capped)."""

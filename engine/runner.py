@@ -1,6 +1,10 @@
 """The one owner of the KV cache tensors, the scratch block and the CUDA graphs: packs a scheduled
-batch into tensors, runs the model over the paged KV cache, returns the logits of the sampled rows."""
+batch into tensors, runs the model over the paged KV cache, returns the logits of the sampled rows
+and the final hidden states the pooling (embedding) requests need."""
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
 
 import structlog
 import torch
@@ -13,7 +17,15 @@ from kernels import AttentionMetadata
 
 log = structlog.get_logger("pagebatch.engine")
 
-CPU_KV_CACHE_BYTES = 512 * 2**20
+CPU_KV_CACHE_BYTES = 2 * 2**30  # capped at an eighth of the machine's memory: the pool is zeroed, so it is resident
+
+
+def _cpu_kv_budget() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return CPU_KV_CACHE_BYTES
+    return min(CPU_KV_CACHE_BYTES, total // 8)
 
 
 def kv_block_bytes(spec: ModelSpec, block_size: int, dtype: torch.dtype) -> int:
@@ -33,11 +45,18 @@ def plan_num_kv_blocks(
         budget = int(free - total * (1 - config.gpu_memory_utilization))
     elif budget is None:
         needed = config.max_num_seqs * max_model_len * per_block // config.block_size
-        budget = min(CPU_KV_CACHE_BYTES, needed)
+        budget = min(_cpu_kv_budget(), needed)
     blocks = budget // per_block
     if blocks < 1:
         raise ValueError(f"the KV cache budget of {budget} bytes holds no block of {per_block} bytes; raise kv_cache_memory")
     return int(blocks)
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor | None = None  # [sampled requests, vocab] float32, in the batch's order
+    # request id -> final-norm hidden states of the positions its pooling asked for (PoolingState.positions)
+    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -70,8 +89,9 @@ class ModelRunner:
         self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_num_seqs, max_model_len,
                                           self.scratch_block, capture)
 
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor | None:
-        """Run one step; returns the logits of the batch's sampled requests (``batch.sample``), in order."""
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        """Run one step; returns the logits of the batch's sampled requests (``batch.sample``), in order, and the
+        hidden states of its pooling requests."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -79,6 +99,8 @@ class ModelRunner:
         query_lens: list[int] = []
         context_lens: list[int] = []
         logits_rows: list[int] = []
+        pooled_rows: list[int] = []
+        pooled_counts: dict[str, int] = {}
         for req, num_new, samples in zip(batch.requests, batch.num_new_tokens, batch.sample):
             start = req.num_computed_tokens
             end = start + num_new
@@ -90,10 +112,14 @@ class ModelRunner:
             context_lens.append(end)
             if samples:
                 logits_rows.append(len(input_ids) - 1)
+            elif req.pooling is not None:
+                wanted = req.pooling.positions(start, end)
+                pooled_rows.extend(len(input_ids) - end + p for p in wanted)  # position p's row in the packed batch
+                pooled_counts[req.request_id] = len(wanted)
         graphs = self.decode_graphs
         if graphs is not None and len(logits_rows) == len(query_lens) == len(input_ids) and graphs.padded_size(len(input_ids)):
             tables = [r.block_table for r in batch.requests]
-            return graphs.run(input_ids, positions, slots, tables, context_lens)
+            return StepOutput(graphs.run(input_ids, positions, slots, tables, context_lens))
         max_blocks = max(len(r.block_table) for r in batch.requests)
         tables = [r.block_table + [0] * (max_blocks - len(r.block_table)) for r in batch.requests]
         cu = [0]
@@ -110,11 +136,14 @@ class ModelRunner:
             query_lens_cpu=query_lens,
             context_lens_cpu=context_lens,
         )
-        logits = self.model.forward(
+        hidden = self.model.final_hidden(
             torch.tensor(input_ids, dtype=torch.int64, device=dev),
             torch.tensor(positions, dtype=torch.int64, device=dev),
             meta,
             self.kv_caches,
-            torch.tensor(logits_rows, dtype=torch.int64, device=dev),
+            torch.tensor(logits_rows + pooled_rows, dtype=torch.int64, device=dev),
         )
-        return logits if logits_rows else None
+        n = len(logits_rows)
+        logits = self.model.logits(hidden[:n]) if n else None
+        pooled = dict(zip(pooled_counts, hidden[n:].split(list(pooled_counts.values())))) if pooled_counts else {}
+        return StepOutput(logits, pooled)

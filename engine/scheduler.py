@@ -6,6 +6,10 @@ admission order), then waiting ones. Long prompts are prefilled in chunks. When 
 out of blocks the newest running request is preempted: its blocks are released (their full
 blocks stay in the prefix cache) and it is recomputed later from its prompt and the tokens it
 had generated. After the step, ``update`` records what was computed and sampled.
+
+A pooling (embedding) request is prefilled like any prompt but never sampled: ``update`` finishes it
+once its whole prompt is computed. Unless it pools by the last token it reads nothing from the prefix
+cache (engine.pooling says why).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ class ScheduledBatch:
     requests: list[Request] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     # per request: this step reaches the end of its known tokens, so its next token is sampled
-    # (False for every chunk of a chunked prefill but the last)
+    # (False for every chunk of a chunked prefill but the last, and for pooling requests)
     sample: list[bool] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     num_prompt_tokens: int = 0  # tokens computed as prefill (prompts, and the output of recomputed requests)
@@ -35,7 +39,7 @@ class ScheduledBatch:
     def add(self, req: Request, num_new: int) -> None:
         self.requests.append(req)
         self.num_new_tokens.append(num_new)
-        self.sample.append(req.num_computed_tokens + num_new == req.num_tokens)
+        self.sample.append(req.pooling is None and req.num_computed_tokens + num_new == req.num_tokens)
         if num_new != 1 or req.num_computed_tokens < req.num_prompt_tokens:
             self.num_prompt_tokens += num_new
 
@@ -118,8 +122,9 @@ class Scheduler:
         deferred: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            hits = self.blocks.match_prefix(req)
-            if self._waits_for(req, len(hits), prefilling):
+            reads_cache = req.reads_prefix_cache
+            hits = self.blocks.match_prefix(req) if reads_cache else []
+            if reads_cache and self._waits_for(req, len(hits), prefilling):
                 deferred.append(self.waiting.popleft())  # keeps its place; the requests behind it go on
                 continue
             num_cached = len(hits) * self.blocks.block_size
@@ -153,6 +158,8 @@ class Scheduler:
     def _preempt(self, req: Request) -> Request:
         self.blocks.release(req)
         req.num_computed_tokens = 0
+        if req.pooling is not None:
+            req.pooling.reset()
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
@@ -164,7 +171,8 @@ class Scheduler:
         self, batch: ScheduledBatch, sampled: dict[str, SampledToken], failed: dict[str, str] | None = None
     ) -> list[FinishedRequest]:
         """Record the step: the batch's tokens are computed, ``sampled`` tokens are appended (by request id),
-        ``failed`` requests (id -> what went wrong) finish with an error. Returns the requests that finished."""
+        ``failed`` requests (id -> what went wrong) finish with an error, pooling requests whose prompt is computed
+        finish (their hidden states were pooled already). Returns the requests that finished."""
         failed = failed or {}
         for req, num_new in zip(batch.requests, batch.num_new_tokens):
             if req.request_id not in failed:
@@ -176,6 +184,10 @@ class Scheduler:
             if req.request_id in failed or (samples and token is None):
                 error = failed.get(req.request_id, "no token was sampled for this request")
                 finished.append(self.finish(req, "error", error, "engine_error"))
+            elif req.pooling is not None:
+                if req.num_computed_tokens == req.num_tokens:
+                    req.metrics.first_token_time = time.time()  # its one output: the vector
+                    finished.append(self.finish(req, "stop"))
             elif token is not None:
                 try:
                     reason = self._append(req, token)

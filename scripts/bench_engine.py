@@ -1,39 +1,71 @@
-"""Engine throughput side by side with transformers, one process, one workload.
+"""Engine throughput side by side with transformers, one process, one workload; ratios from this one run.
 
-    python scripts/bench_engine.py                 # CPU, 2 threads, the issue's workload
-    python scripts/bench_engine.py --device cuda   # on a GPU (bf16 by default there)
+    python scripts/bench_engine.py                          # CPU, 2 threads: random 28M Llama, random tokens
+    python scripts/bench_engine.py --workload summarize     # SmolLM2-135M-Instruct summarizing Python's docs
+    python scripts/bench_engine.py --device cuda            # on a GPU (bf16 by default there)
+    python scripts/bench_engine.py --kernels cpu,torch --rounds 3          # engine kernel choices, alternated
+    python scripts/bench_engine.py --breakdown --skip compare               # where a step's time goes
+    python scripts/bench_engine.py --dtype-sweep --skip compare --rounds 3  # bf16 vs fp32 decode steps, batch 1-128
+    python scripts/bench_engine.py --structured --skip compare --workload summarize   # cost of a JSON schema
+    python scripts/bench_engine.py --decode-bandwidth       # batch-1 decode of a ~0.5B model vs copy bandwidth
 
-Systems: pagebatch (LLM.generate), transformers `generate` in padded static batches of 16, and
-transformers' continuous batching manager (`generate_batch`'s engine, per-request max_new_tokens).
-Throughput counts only the output tokens each request asked for. Ratios are from this one run.
+Systems: pagebatch (LLM.generate), transformers `generate` in padded static batches of 16, and transformers'
+continuous batching manager (`generate_batch`'s engine, per-request max_new_tokens), alternated round by round
+in one dtype; each system's best of --rounds. Throughput counts the output tokens each system generated: for
+the synthetic workload (EOS ignored) the tokens each request asked for; for summarize (greedy, EOS on) pagebatch's
+token_ids, static `generate`'s tokens up to and including each row's first EOS, and generate_batch's tokens.
+Work: 2 x params x (prompt + output tokens) + attention (4 x layers x heads x head_dim x context, per token),
+as GFLOP/s and as a share of the best measured matmul peak of the dtype (a 1024 square and model-shaped ones).
+
+--breakdown: ms per step and share of it, averaged over the workload's prefill (and mixed) steps and decode steps,
+and over decode steps of --num-prompts sequences at ~--breakdown-context tokens: model forward (and, for the last,
+the attention in it: the active kernel backend's paged_attention swapped for a no-op, alternately), sampling, and
+host work (the runner's batch packing; scheduling, the scheduler's update and outputs). The engine is not edited:
+its methods are wrapped with perf_counter while the breakdown runs.
+--dtype-sweep: decode step time at each --sweep-batches size, ~--sweep-context tokens of context, float32 and
+bfloat16 engines alternated, best of --rounds; bf16/fp32 per batch, and whether this CPU computes bf16 natively.
+--structured: the same prompts with a JSON schema (response_format json_schema) and without it (each request then
+generating as many tokens as its schema answer, EOS ignored), alternated, best of --rounds; the share of schema
+answers that parse and validate (jsonschema).
 """
 from __future__ import annotations
 
 import argparse
-import random
+import gc
+import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_workloads import (  # noqa: E402
+    STRUCTURED_MAX_TOKENS, STRUCTURED_SCHEMA, Run, StepClock, Workload, build_llm, checkpoint_params, continuous_run,
+    decode_budget, decode_steps, fill_engine, fixed_length_prompts, pagebatch_run, schema_valid, smollm2_dir,
+    static_run, summarize_workload, sync, synthetic_requests, synthetic_workload, without_attention, workload_flops,
+)
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.make_model import make_checkpoint, sizes_for  # noqa: E402
+from engine.models import ModelSpec, load_hf_config  # noqa: E402
 
 
 def workload(num_prompts: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
-    rng = random.Random(seed)
-    prompts = [[rng.randrange(10, vocab) for _ in range(rng.randint(32, 384))] for _ in range(num_prompts)]
-    outputs = [rng.randint(16, 160) for _ in range(num_prompts)]
-    return prompts, outputs
+    """The synthetic workload's prompts and output lengths (scripts/gpu_check_bench.py imports it)."""
+    return synthetic_requests(num_prompts, vocab, seed)
 
 
-def matmul_peak_flops(device: str, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def matmul_peak_flops(device: str, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0,
+                      m: int | None = None, k: int | None = None) -> float:
+    """Best FLOP/s of [m, k] @ [k, n] matmuls (m and k default to n: a square) over ``seconds``."""
+    m, k = m or n, k or n
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     best = 0.0
@@ -44,32 +76,11 @@ def matmul_peak_flops(device: str, dtype: torch.dtype, n: int = 1024, seconds: f
         for _ in range(5):
             a @ b
         _sync(device)
-        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t))
+        best = max(best, 5 * 2 * m * k * n / (time.perf_counter() - t))
     return best
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def run_pagebatch(path: str, prompts, outputs, device: str, dtype: str, kernels: str = "auto") -> tuple[float, object]:
-    llm = LLM(path, dtype=dtype, device=device, max_num_seqs=256, max_num_batched_tokens=2048, kernels=kernels)
-    llm.generate(prompts[:4], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
-    llm.engine.blocks.reset_prefix_cache()
-    base_steps = llm.engine.stats().num_steps
-    base_util = llm.engine.stats().kv_slot_utilization * base_steps
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in outputs]
-    _sync(device)
-    t = time.perf_counter()
-    outs = llm.generate(prompts, params)
-    _sync(device)
-    elapsed = time.perf_counter() - t
-    assert [len(o.token_ids) for o in outs] == outputs
-    stats = llm.engine.stats()
-    steps = stats.num_steps - base_steps
-    utilization = (stats.kv_slot_utilization * stats.num_steps - base_util) / steps
-    return elapsed, utilization
+_sync = sync
 
 
 def _hf_model(path: str, device: str, dtype: str):
@@ -79,92 +90,208 @@ def _hf_model(path: str, device: str, dtype: str):
 
 
 def run_static(path: str, prompts, outputs, device: str, dtype: str, batch: int = 16) -> float:
-    model = _hf_model(path, device, dtype)
-    pad = model.config.pad_token_id
-
-    def go(ps, outs):
-        width = max(len(p) for p in ps)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in ps], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=device)
-        n = max(outs)
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
-
-    with torch.inference_mode():
-        go(prompts[:2], [4, 4])
-        _sync(device)
-        t = time.perf_counter()
-        for i in range(0, len(prompts), batch):
-            go(prompts[i : i + batch], outputs[i : i + batch])
-        _sync(device)
-    return time.perf_counter() - t
+    """Seconds of static ``generate`` over the synthetic workload (scripts/gpu_check_bench.py imports it)."""
+    w = Workload("synthetic", path, prompts, outputs, ignore_eos=True)
+    return static_run(_hf_model(path, device, dtype), w, device, batch).seconds
 
 
 def run_continuous(path: str, prompts, outputs, device: str, dtype: str) -> float:
-    from transformers import GenerationConfig
-
-    model = _hf_model(path, device, dtype)
-    config = GenerationConfig(max_new_tokens=max(outputs), do_sample=False, eos_token_id=-1, pad_token_id=model.config.pad_token_id)
-    with torch.inference_mode(), model.continuous_batching_context_manager(generation_config=config, block=True, timeout=30) as manager:
-        _sync(device)
-        t = time.perf_counter()
-        for i, (p, n) in enumerate(zip(prompts, outputs)):
-            manager.add_request(p, request_id=f"r{i}", max_new_tokens=n, eos_token_id=-1)
-        done = 0
-        while done < len(prompts):
-            result = manager.get_result(timeout=600)
-            if result is not None and result.is_finished():
-                done += 1
-        _sync(device)
-        return time.perf_counter() - t
+    """Seconds of transformers' continuous batching over the synthetic workload (gpu_check_bench imports it)."""
+    w = Workload("synthetic", path, prompts, outputs, ignore_eos=True)
+    return continuous_run(_hf_model(path, device, dtype), w, device).seconds
 
 
-def step_breakdown(path: str, prompts, outputs, device: str, dtype: str) -> None:
-    """Where pagebatch's time goes: prefill vs decode steps, and the attention share of a decode step."""
-    import kernels.reference as reference
-
-    llm = LLM(path, dtype=dtype, device=device)
-    runner = llm.engine.runner
-    execute = runner.execute
-    spent = {"prefill": [0.0, 0], "decode": [0.0, 0]}
-
-    def timed(batch):
-        _sync(device)
-        t = time.perf_counter()
-        result = execute(batch)
-        _sync(device)
-        kind = "decode" if max(batch.num_new_tokens) == 1 else "prefill"
-        spent[kind][0] += time.perf_counter() - t
-        spent[kind][1] += 1
-        return result
-
-    runner.execute = timed
-    llm.generate(prompts, [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in outputs])
-    runner.execute = execute
-    for kind, (seconds, steps) in spent.items():
-        print(f"{kind:8s} steps: {steps:4d}, {seconds:6.2f} s, {1e3 * seconds / max(steps, 1):7.1f} ms/step")
-
-    engine = llm.engine  # decode-only steps over the same prompts, with and without attention
-    for p in prompts:
-        engine.add_request(p, SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True))
-    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.requests.values()):
-        engine.step()
-
-    def decode_ms(steps: int = 10) -> float:
-        t = time.perf_counter()
-        for _ in range(steps):
-            engine.step()
-        _sync(device)
-        return 1e3 * (time.perf_counter() - t) / steps
-
-    with_attention = decode_ms()
-    attention = reference.paged_attention
-    reference.paged_attention = lambda q, k_cache, v_cache, meta, scale: q.clone()
-    without = decode_ms()
-    reference.paged_attention = attention
-    print(f"decode step of {len(prompts)} sequences (torch kernels): {with_attention:.1f} ms, "
-          f"{without:.1f} ms without attention -> attention {100 * (1 - without / with_attention):.0f}% of the step")
+# -- the comparison -------------------------------------------------------------------------------------------
+def compare(
+    w: Workload, device: str, dtype: str, kernel_choices: list[str], skip: set[str], rounds: int
+) -> dict[str, Run]:
+    """Every system once per round, alternated; each system's best (fastest) run. Models load once, untimed."""
+    systems: dict[str, Callable[[], Run]] = {}
+    for choice in kernel_choices:
+        systems[f"pagebatch kernels={choice}"] = partial(pagebatch_run, build_llm(w, device, dtype, choice), w, device)
+    hf = None if {"static", "continuous"} <= skip else _hf_model(w.model, device, dtype)
+    if "static" not in skip:
+        systems["transformers generate (static, batch 16)"] = partial(static_run, hf, w, device)
+    if "continuous" not in skip:
+        systems["transformers generate_batch (continuous)"] = partial(continuous_run, hf, w, device)
+    best: dict[str, Run] = {}
+    for _ in range(rounds):
+        for name, run in systems.items():
+            result = run()
+            if name not in best or result.seconds < best[name].seconds:
+                best[name] = result
+    return best
 
 
+def report_compare(best: dict[str, Run], w: Workload, rounds: int) -> None:
+    base_name = next(iter(best))
+    base = best[base_name]
+    for name, r in best.items():
+        print(f"{name:45s} {r.output_tokens / r.seconds:10.1f} output tok/s ({r.output_tokens} tokens, "
+              f"{r.seconds:.2f} s, best of {rounds})")
+    for name, r in best.items():
+        if name != base_name:
+            ratio = (base.output_tokens / base.seconds) / (r.output_tokens / r.seconds)
+            print(f"{base_name} / {name:40s} {ratio:6.2f}x output tok/s")
+    for name, r in best.items():
+        if name.startswith("transformers"):
+            same = sum(a == b for a, b in zip(base.token_ids, r.token_ids))
+            print(f"token-identical outputs, {base_name} vs {name}: {same}/{len(w.prompts)}")
+    print(f"KV-cache utilization (live tokens / allocated slots, mean over steps): {100 * base.utilization:.1f}%")
+
+
+def num_params(llm: LLM) -> int:
+    model = llm.engine.model
+    weights = sum(t.numel() for layer in model.layers for t in vars(layer).values() if t is not None)
+    head = 0 if model.lm_head is None or model.lm_head is model.embed else model.lm_head.numel()
+    return weights + model.embed.numel() + model.norm.numel() + head
+
+
+def report_work(w: Workload, run: Run, n_params: int, device: str, dtype: str) -> None:
+    spec = ModelSpec.from_hf_config(load_hf_config(Path(w.model)))
+    flops = workload_flops(n_params, spec.num_layers, spec.num_heads, spec.head_dim, list(map(len, w.prompts)),
+                           list(map(len, run.token_ids)))
+    h, i = spec.hidden_size, spec.intermediate_size
+    shapes = {"1024x1024x1024": (1024, 1024, 1024), f"512x{h}x{i}": (512, h, i), f"512x{i}x{h}": (512, i, h),
+              f"512x{h}x{h}": (512, h, h)}
+    peaks = {name: matmul_peak_flops(device, getattr(torch, dtype), n=n, m=m, k=k, seconds=0.5)
+             for name, (m, k, n) in shapes.items()}
+    best = max(peaks, key=peaks.get)
+    print(f"{dtype} matmul peak (M x K x N, best of 0.5 s each): "
+          + ", ".join(f"{name} {v / 1e9:.1f}" for name, v in peaks.items()) + " GFLOP/s")
+    achieved = flops / run.seconds
+    print(f"pagebatch work: {flops / 1e9:.1f} GFLOP ({n_params / 1e6:.1f}M params x 2 x tokens + attention), "
+          f"{achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peaks[best]:.1f}% of the best peak ({best})")
+
+
+# -- where a step's time goes -----------------------------------------------------------------------------------
+def breakdown(w: Workload, device: str, dtype: str, kernels: str, num_seqs: int, context: int, rounds: int) -> None:
+    """Per step, averaged: the workload's prefill and decode steps, then decode steps of ``num_seqs`` sequences at
+    ~``context`` tokens, alternately with and without attention (the active backend's paged_attention a no-op)."""
+    llm = build_llm(w, device, dtype, kernels, enable_cuda_graphs=False)  # a graph would replay the real attention
+    llm.generate(w.prompts[:2], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
+    llm.engine.blocks.reset_prefix_cache()
+    clock = StepClock(llm.engine, device)
+    llm.generate(w.prompts, w.sampling_params())
+    clock.restore()
+    columns = {"prefill/mixed steps": clock.mean("prefill"), "decode steps": clock.mean("decode")}
+    del llm, clock
+    gc.collect()
+
+    steps, blocks = 8, max(rounds, 3)
+    prompts = fixed_length_prompts(w.prompts, num_seqs, context)
+    budget = decode_budget(prompts, 2 * steps * blocks)
+    engine = build_llm(_decoding(w, prompts, budget), device, dtype, kernels, enable_cuda_graphs=False).engine
+    fill_engine(engine, prompts, budget)
+    clock, ops = StepClock(engine, device), engine.model.ops
+    for _ in range(blocks):
+        clock.section = "with"
+        decode_steps(engine, device, steps)
+        clock.section, engine.model.ops = "without", without_attention(ops)
+        decode_steps(engine, device, steps)
+        engine.model.ops = ops
+    clock.restore()
+    full = clock.mean("with")
+    full["attention"] = full["forward"] - clock.mean("without")["forward"]
+    columns[f"decode {num_seqs} seqs, ~{context} ctx"] = full
+    print(f"\nbreakdown, kernels={engine.model.kernels.name}, dtype={dtype}: ms/step (% of step), mean over steps")
+    print(f"{'':32s}" + "".join(f"{name:>26s}" for name in columns))
+    for part, label in (("step", "whole step"), ("forward", "model forward"), ("attention", "  of which attention"),
+                        ("sample", "sampling"), ("packing", "host: runner batch packing"),
+                        ("engine", "host: schedule/update/outputs")):
+        cells = [f"{c[part]:9.2f} ms ({100 * c[part] / c['step']:5.1f}%)" if part in c else "-"
+                 for c in columns.values()]
+        print(f"{label:32s}" + "".join(f"{cell:>26s}" for cell in cells))
+    print(f"{'steps averaged':32s}" + "".join(f"{c['count']:>26d}" for c in columns.values()))
+    if full["attention"] <= 0:
+        print("attention came out <= 0: it is below this machine's step-to-step noise (a busy machine?)")
+
+
+def _decoding(w: Workload, prompts: list[list[int]], max_tokens: int) -> Workload:
+    """The prompts as a workload of ``max_tokens`` tokens each, EOS ignored (what build_llm sizes its KV pool for)."""
+    return Workload(w.name, w.model, prompts, [max_tokens] * len(prompts), ignore_eos=True)
+
+
+# -- bf16 against fp32 decode steps -------------------------------------------------------------------------------
+def dtype_sweep(w: Workload, device: str, kernels: str, batches: list[int], context: int, rounds: int) -> None:
+    """Decode step time at each batch size in float32 and bfloat16 (two engines, alternated, best of rounds)."""
+    from engine.dtypes import cpu_has_native_bf16
+
+    steps = 4
+    growth = steps * rounds * len(batches)
+    start = max(16, context - growth // 2)  # contexts run from start to start + growth: ~context on average
+    prompts = fixed_length_prompts(w.prompts, max(batches), start)
+    budget = decode_budget(prompts, growth)
+    engines = {}
+    for dtype in ("float32", "bfloat16"):
+        engine = build_llm(_decoding(w, prompts, budget), device, dtype, kernels).engine
+        engines[dtype] = (engine, fill_engine(engine, prompts, budget))
+    best: dict[tuple[int, str], float] = {}
+    for batch in sorted(batches, reverse=True):
+        for engine, ids in engines.values():
+            while len(ids) > batch:
+                engine.abort_request(ids.pop())
+        for _ in range(rounds):
+            for dtype, (engine, _) in engines.items():
+                ms = decode_steps(engine, device, steps)
+                best[batch, dtype] = min(best.get((batch, dtype), float("inf")), ms)
+    longest = start + growth + sum(map(len, prompts)) // 2048  # early requests decode while later ones prefill
+    print(f"\ndecode step time, bf16 vs fp32, contexts ~{start}-{longest} tokens, best of {rounds} x {steps} steps")
+    print(f"{'batch':>6s} {'fp32 ms':>10s} {'bf16 ms':>10s} {'bf16/fp32':>10s}")
+    for batch in sorted(batches):
+        f32, b16 = best[batch, "float32"], best[batch, "bfloat16"]
+        print(f"{batch:6d} {f32:10.2f} {b16:10.2f} {b16 / f32:9.2f}x" + ("  bf16 faster" if b16 < f32 else ""))
+    faster = all(best[b, "bfloat16"] < best[b, "float32"] for b in batches)
+    print(f"bf16 decode step faster than fp32 at every batch size: {'yes' if faster else 'no'}")
+    if device == "cpu":
+        native = cpu_has_native_bf16()
+        print(f"this CPU computes bf16 natively (AVX512-BF16 / AMX): {'yes' if native else 'no'}"
+              + ("" if native else " - bf16 matmuls are emulated through fp32 here, so slower bf16 is expected"))
+
+
+# -- structured decoding ------------------------------------------------------------------------------------------
+def structured(w: Workload, device: str, dtype: str, kernels: str, rounds: int, max_tokens: int) -> None:
+    """Tokens/s of the same prompts with a JSON schema and without (each request then generating as many tokens
+    as its schema answer had, EOS ignored, so both sides run the same steps), alternated, best of rounds."""
+    from engine.structured import GrammarSpec
+
+    llm = build_llm(_decoding(w, w.prompts, max_tokens), device, dtype, kernels)
+    spec = GrammarSpec("json_schema", json.dumps(STRUCTURED_SCHEMA), source="response_format")
+    schema = SamplingParams(temperature=0, max_tokens=max_tokens, structured=spec)
+    llm.generate(w.prompts[:2], SamplingParams(temperature=0, max_tokens=4, structured=spec))  # compile, warm up
+    best: dict[str, tuple[float, int, int]] = {}
+    outs = None
+    for _ in range(rounds):
+        for name in ("with schema", "without"):
+            params = schema if name == "with schema" else [
+                SamplingParams(temperature=0, max_tokens=len(o.token_ids), ignore_eos=True) for o in outs]
+            llm.engine.blocks.reset_prefix_cache()
+            steps = llm.engine.stats().num_steps
+            _sync(device)
+            t = time.perf_counter()
+            result = llm.generate(w.prompts, params)
+            _sync(device)
+            elapsed = time.perf_counter() - t
+            if name == "with schema":
+                outs = result
+            tokens = sum(len(o.token_ids) for o in result)
+            if name not in best or elapsed < best[name][0]:
+                best[name] = (elapsed, tokens, llm.engine.stats().num_steps - steps)
+    print(f"\nstructured decoding, {len(w.prompts)} requests, greedy, schema: {json.dumps(STRUCTURED_SCHEMA)}")
+    for name, (seconds, tokens, steps) in best.items():
+        print(f"{name:12s} {tokens / seconds:10.1f} output tok/s ({tokens} tokens, {steps} steps, "
+              f"{1e3 * seconds / steps:.1f} ms/step, best of {rounds})")
+    (ws, wt, _), (ns, nt, _) = best["with schema"], best["without"]
+    print(f"with / without schema: {(wt / ws) / (nt / ns):.2f}x output tok/s")
+    valid = sum(schema_valid(o.text) for o in outs)
+    cut = sum(o.finish_reason == "length" for o in outs)
+    print(f"schema outputs that parse and validate: {valid}/{len(outs)} ({100 * valid / len(outs):.0f}%); "
+          f"{cut} hit max_tokens={max_tokens} (cut answers do not validate)")
+    for o in outs[:2]:
+        print(f"  e.g. {o.text[:200]}")
+
+
+# -- batch-1 decode bandwidth ------------------------------------------------------------------------------------
 def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
     """Batch-1 decode of a ~0.5B random model: bytes a step must read (weights + live KV) over its time,
     against the device's measured copy bandwidth."""
@@ -182,10 +309,7 @@ def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
     _sync(device)
     per_step = (time.perf_counter() - t) / steps
     spec, elem = llm.engine.spec, torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    weights = sum(t.numel() for layer in llm.engine.model.layers for t in vars(layer).values() if t is not None)
-    model = llm.engine.model
-    head = 0 if model.lm_head is model.embed else model.lm_head.numel()
-    weights = (weights + model.embed.numel() + model.norm.numel() + head) * elem
+    weights = num_params(llm) * elem
     kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * elem * (len(prompt) + steps / 2)
     x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
@@ -200,67 +324,71 @@ def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
           f"{achieved / 1e9:.0f} GB/s = {100 * achieved / copy_bw:.0f}% of measured copy bandwidth ({copy_bw / 1e9:.0f} GB/s)")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=("synthetic", "summarize"), default="synthetic")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--num-prompts", type=int, default=48)
-    ap.add_argument("--model", default=None, help="checkpoint dir (default: a random 28M Llama made here)")
-    ap.add_argument("--skip", default="", help="comma list of systems to skip: static,continuous")
+    ap.add_argument("--num-prompts", type=int, default=None, help="requests (default 48; 64 for summarize)")
+    ap.add_argument("--max-tokens", type=int, default=128, help="summarize: max new tokens per request (128)")
+    ap.add_argument("--model", default=None,
+                    help="checkpoint dir (default: a random 28M Llama made here; SmolLM2-135M-Instruct for summarize)")
+    ap.add_argument("--skip", default="", help="comma list of what to skip: static,continuous,compare (compare: the "
+                                                "whole throughput comparison, e.g. to run only --dtype-sweep)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decode-bandwidth", action="store_true", help="batch-1 decode bandwidth of a ~0.5B model instead")
     ap.add_argument("--bandwidth-preset", default="0.5b", help="0.5b, or a make_model preset for a quick CPU run")
-    ap.add_argument("--breakdown", action="store_true", help="also print where pagebatch's time goes")
+    ap.add_argument("--breakdown", action="store_true", help="also print where pagebatch's step time goes")
+    ap.add_argument("--breakdown-context", type=int, default=400, help="context of the breakdown's decode steps")
+    ap.add_argument("--dtype-sweep", action="store_true", help="also: bf16 vs fp32 decode step time per batch size")
+    ap.add_argument("--sweep-batches", default="1,8,32,64,128")
+    ap.add_argument("--sweep-context", type=int, default=256)
+    ap.add_argument("--structured", action="store_true", help="also: tokens/s with a JSON schema vs without")
+    ap.add_argument("--structured-max-tokens", type=int, default=STRUCTURED_MAX_TOKENS)
     ap.add_argument("--kernels", default="auto",
                     help="engine kernel choices to compare, e.g. torch,cpu (alternated, best of --rounds; the first "
-                         "is the one compared with transformers)")
-    ap.add_argument("--rounds", type=int, default=1, help="rounds of pagebatch runs (best of)")
-    args = ap.parse_args()
+                         "is the one compared with transformers and used by the other modes)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of every system, alternated (best of)")
+    args = ap.parse_args(argv)
+    args.num_prompts = args.num_prompts or (64 if args.workload == "summarize" else 48)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    return args
+
+
+def make_workload(args: argparse.Namespace, tmp: str) -> Workload:
+    if args.workload == "summarize":
+        return summarize_workload(args.model or smollm2_dir(), args.num_prompts, args.seed, args.max_tokens)
+    path = args.model or str(make_checkpoint(Path(tmp) / "bench-llama", "llama", **sizes_for("bench")))
+    return synthetic_workload(path, args.num_prompts, args.seed)
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
-    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.decode_bandwidth:
-        decode_bandwidth(args.device, dtype, steps=128, preset=args.bandwidth_preset)
+        decode_bandwidth(args.device, args.dtype, steps=128, preset=args.bandwidth_preset)
         return
     tmp = tempfile.TemporaryDirectory()
-    path = args.model or str(make_checkpoint(Path(tmp.name) / "bench-llama", "llama", **sizes_for("bench")))
-    vocab = 4096
-    prompts, outputs = workload(args.num_prompts, vocab, args.seed)
-    useful = sum(outputs)
-    n_params = sum(p.numel() for p in _hf_model(path, "cpu", "float32").parameters())
-    print(f"model: {n_params / 1e6:.1f}M params, {args.num_prompts} prompts ({sum(map(len, prompts))} prompt tokens), "
-          f"{useful} output tokens, device={args.device}, dtype={dtype}, threads={args.threads}")
-
-    results = {}
-    kernel_choices = args.kernels.split(",")
-    best: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for choice in kernel_choices:
-            elapsed, utilization = run_pagebatch(path, prompts, outputs, args.device, dtype, choice)
-            best[choice] = min(best.get(choice, float("inf")), elapsed)
-    results["pagebatch"] = best[kernel_choices[0]]
-    for choice in kernel_choices[1:]:
-        print(f"pagebatch kernels={choice:8s} {useful / best[choice]:10.1f} output tok/s = "
-              f"{best[kernel_choices[0]] / best[choice]:.2f}x kernels={kernel_choices[0]} (best of {args.rounds})")
+    w = make_workload(args, tmp.name)
+    kernels = args.kernels.split(",")
     skip = set(filter(None, args.skip.split(",")))
-    if "static" not in skip:
-        results["transformers generate (static, batch 16)"] = run_static(path, prompts, outputs, args.device, dtype)
-    if "continuous" not in skip:
-        results["transformers generate_batch (continuous)"] = run_continuous(path, prompts, outputs, args.device, dtype)
-
-    for name, seconds in results.items():
-        print(f"{name:45s} {useful / seconds:10.1f} output tok/s")
-    for name, seconds in results.items():
-        if name != "pagebatch":
-            print(f"pagebatch / {name:33s} {seconds / results['pagebatch']:6.2f}x")
-    peak = matmul_peak_flops(args.device, getattr(torch, dtype))
-    tokens = sum(map(len, prompts)) + useful
-    achieved = 2 * n_params * tokens / results["pagebatch"]
-    print(f"matmul peak measured: {peak / 1e9:.1f} GFLOP/s; pagebatch achieved {achieved / 1e9:.1f} GFLOP/s "
-          f"(2 x params x tokens) = {100 * achieved / peak:.1f}% of peak")
-    print(f"KV-cache utilization (live tokens / allocated slots, mean over steps): {100 * utilization:.1f}%")
+    print(f"workload {w.name}: {Path(w.model).name}, {len(w.prompts)} prompts ({w.num_prompt_tokens} prompt tokens), "
+          f"{'exactly' if w.ignore_eos else 'at most'} {sum(w.max_tokens)} output tokens"
+          f"{'' if w.ignore_eos else ' (greedy, EOS on)'}, device={args.device}, dtype={args.dtype}, "
+          f"threads={args.threads}")
+    if "compare" not in skip:
+        best = compare(w, args.device, args.dtype, kernels, skip, args.rounds)
+        report_compare(best, w, args.rounds)
+        gc.collect()
+        report_work(w, next(iter(best.values())), checkpoint_params(w.model), args.device, args.dtype)
     if args.breakdown:
-        step_breakdown(path, prompts, outputs, args.device, dtype)
+        breakdown(w, args.device, args.dtype, kernels[0], args.num_prompts, args.breakdown_context, args.rounds)
+    if args.dtype_sweep:
+        batches = [int(b) for b in args.sweep_batches.split(",")]
+        dtype_sweep(w, args.device, kernels[0], batches, args.sweep_context, args.rounds)
+    if args.structured:
+        structured(w, args.device, args.dtype, kernels[0], args.rounds, args.structured_max_tokens)
 
 
 if __name__ == "__main__":

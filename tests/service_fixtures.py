@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-API_KEYS = {f"key-{t}": f"tenant-{t}" for t in "abcdefghlsmo"}
+API_KEYS = {f"key-{t}": f"tenant-{t}" for t in "abcdefghlsmov"}
 STACK_LIMITS = {
     "PAGEBATCH_MAX_UPLOAD_BYTES": str(256 * 1024),
     "PAGEBATCH_MAX_BATCH_BYTES": str(128 * 1024),
@@ -181,9 +181,10 @@ class Stack:
                  60, "the API", interval=0.2)
         return self.api
 
-    def start_worker(self, *extra: str, wait: bool = True) -> Process:
+    def start_worker(self, *extra: str, wait: bool = True, model: Path | None = None) -> Process:
+        """A worker serving ``model`` (default: the stack's model)."""
         n = len(self.workers)
-        worker = Process(["worker", "--model", str(self.model_path), "--concurrency", "4", *extra], self.env,
+        worker = Process(["worker", "--model", str(model or self.model_path), "--concurrency", "4", *extra], self.env,
                          self.logdir / f"worker-{n}.log").start()
         self.workers.append(worker)
         if wait:

@@ -32,14 +32,14 @@ class LayerWeights:
 
 class DecoderModel:
     def __init__(
-        self, spec: ModelSpec, embed: torch.Tensor, layers: list[LayerWeights], norm: torch.Tensor, lm_head: torch.Tensor,
-        max_positions: int, kernels: KernelBackend | None = None,
+        self, spec: ModelSpec, embed: torch.Tensor, layers: list[LayerWeights], norm: torch.Tensor,
+        lm_head: torch.Tensor | None, max_positions: int, kernels: KernelBackend | None = None,
     ) -> None:
         self.spec = spec
         self.embed = embed
         self.layers = layers
         self.norm = norm
-        self.lm_head = lm_head
+        self.lm_head = lm_head  # None: a base model, which serves embeddings only
         self.device = embed.device
         self.dtype = embed.dtype
         self.use_kernels(kernels or select_backend("auto", self.device.type))
@@ -63,6 +63,25 @@ class DecoderModel:
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """Logits (float32) at the rows ``logits_indices`` of the packed batch."""
+        return self.logits(self.final_hidden(input_ids, positions, meta, kv_caches, logits_indices))
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) of final-norm hidden states."""
+        if self.lm_head is None:
+            raise RuntimeError("this model has no language-model head; it serves embeddings only")
+        return F.linear(hidden, self.lm_head).float()
+
+    @torch.inference_mode()
+    def final_hidden(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """The final-norm hidden states (model dtype) at the rows ``rows`` of the packed batch."""
         ops, spec = self.ops, self.spec
         num_tokens = input_ids.shape[0]
         q_size, kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
@@ -88,7 +107,7 @@ class DecoderModel:
             hidden = F.linear(attn.reshape(num_tokens, q_size), layer.o, layer.o_bias)
             x, residual = ops.rms_norm(hidden, layer.post_norm, spec.rms_norm_eps, residual)
             hidden = F.linear(ops.silu_and_mul(F.linear(x, layer.gate_up, layer.gate_up_bias)), layer.down, layer.down_bias)
-        hidden = hidden.index_select(0, logits_indices)
-        residual = residual.index_select(0, logits_indices)
+        hidden = hidden.index_select(0, rows)
+        residual = residual.index_select(0, rows)
         x, _ = ops.rms_norm(hidden, self.norm, spec.rms_norm_eps, residual)
-        return F.linear(x, self.lm_head).float()
+        return x

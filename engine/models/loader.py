@@ -84,6 +84,9 @@ class _Tensors:
 def load_model(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.device, max_positions: int) -> DecoderModel:
     t = _Tensors(path)
     h, d, i = spec.hidden_size, spec.head_dim, spec.intermediate_size
+    # A base model's weights are saved without the "model." of a causal LM's, and some embedding checkpoints keep
+    # that layout whatever their config's architectures say.
+    m = "model." if t.has("model.embed_tokens.weight") or not t.has("embed_tokens.weight") else ""
     q_out, kv_out = spec.num_heads * d, spec.num_kv_heads * d
 
     def w(name: str, *shape: int) -> torch.Tensor:
@@ -94,7 +97,7 @@ def load_model(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.de
 
     layers = []
     for n in range(spec.num_layers):
-        p = f"model.layers.{n}."
+        p = f"{m}layers.{n}."
         a = p + "self_attn."
         qkv_bias = None
         if spec.qkv_bias:
@@ -118,11 +121,13 @@ def load_model(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.de
                 down_bias=b(p + "mlp.down_proj.bias", h, spec.mlp_bias),
             )
         )
-    embed = w("model.embed_tokens.weight", spec.vocab_size, h)
-    if spec.tie_word_embeddings or not t.has("lm_head.weight"):
-        if not spec.tie_word_embeddings:
-            raise CheckpointError("checkpoint has no lm_head.weight and tie_word_embeddings is false")
+    embed = w(f"{m}embed_tokens.weight", spec.vocab_size, h)
+    # None: a base model, or base-model weights under a causal config (as some embedding checkpoints are published)
+    lm_head = None
+    if spec.has_lm_head and spec.tie_word_embeddings:
         lm_head = embed
-    else:
+    elif spec.has_lm_head and t.has("lm_head.weight"):
         lm_head = w("lm_head.weight", spec.vocab_size, h)
-    return DecoderModel(spec, embed, layers, w("model.norm.weight", h), lm_head, max_positions)
+    elif spec.has_lm_head and m:
+        raise CheckpointError("checkpoint has no lm_head.weight and tie_word_embeddings is false")
+    return DecoderModel(spec, embed, layers, w(f"{m}norm.weight", h), lm_head, max_positions)

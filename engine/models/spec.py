@@ -5,7 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3")
+# ``<Family>ForCausalLM`` generates and embeds; ``<Family>Model`` (the base model: no language-model head, as
+# embedding checkpoints are often saved) serves embeddings only.
+SUPPORTED_ARCHITECTURES = tuple(f"{f}ForCausalLM" for f in FAMILIES) + tuple(f"{f}Model" for f in FAMILIES)
 
 
 class CheckpointError(ValueError):
@@ -15,6 +18,8 @@ class CheckpointError(ValueError):
 @dataclass
 class ModelSpec:
     architecture: str
+    family: str  # one of FAMILIES
+    has_lm_head: bool  # False: an embedding-only base model (True: the weights may still lack one, see load_model)
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -53,11 +58,14 @@ class ModelSpec:
         inv_freq, scaling = _rope(config, arch)
         attention_bias = bool(getattr(config, "attention_bias", False))
         sliding = getattr(config, "sliding_window", None)
-        if arch == "Qwen2ForCausalLM" and not getattr(config, "use_sliding_window", False):
+        family = arch.removesuffix("ForCausalLM").removesuffix("Model")
+        if family == "Qwen2" and not getattr(config, "use_sliding_window", False):
             sliding = None
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         return cls(
             architecture=arch,
+            family=family,
+            has_lm_head=arch.endswith("ForCausalLM"),
             hidden_size=config.hidden_size,
             num_layers=config.num_hidden_layers,
             num_heads=num_heads,
@@ -66,10 +74,10 @@ class ModelSpec:
             intermediate_size=config.intermediate_size,
             vocab_size=config.vocab_size,
             rms_norm_eps=config.rms_norm_eps,
-            qkv_bias=True if arch == "Qwen2ForCausalLM" else attention_bias,
-            o_bias=False if arch == "Qwen2ForCausalLM" else attention_bias,
+            qkv_bias=True if family == "Qwen2" else attention_bias,
+            o_bias=False if family == "Qwen2" else attention_bias,
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
-            qk_norm=arch == "Qwen3ForCausalLM",
+            qk_norm=family == "Qwen3",
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             max_position_embeddings=config.max_position_embeddings,
             inv_freq=inv_freq,

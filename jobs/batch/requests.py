@@ -68,6 +68,10 @@ class EngineRequest:
             params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
         return cls(data["prompt"], SamplingParams(**params), data.get("n", 1), data.get("echo"))
 
+    def calls(self) -> list[tuple[Prompt, SamplingParams]]:
+        """The engine requests of the line, one per choice, in order."""
+        return [(self.prompt, self.choice_params(i)) for i in range(self.n)]
+
     def choice_params(self, index: int) -> SamplingParams:
         """The parameters of choice ``index``: with a seed, each choice gets its own seed derived from it (choice 0
         keeps it), so the choices differ and a rerun reproduces every one of them."""

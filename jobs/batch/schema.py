@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from jobs.batch.lifecycle import BatchStatus
 
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 
 
 class RequestCounts(BaseModel):

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from jobs.batch.embeddings import EMBEDDINGS, EmbeddingRequest, to_embedding_request
 from jobs.batch.requests import EngineRequest, LineError
 from jobs.batch.responses_api import parse_body
 
@@ -28,7 +29,7 @@ class ValidLine:
     line: int  # 1-based line number in the input file
     custom_id: str
     model: str
-    request: EngineRequest  # the body, parsed once, here
+    request: EngineRequest | EmbeddingRequest  # the body, parsed once, here
 
     def to_json(self) -> str:
         return json.dumps({"line": self.line, "custom_id": self.custom_id, "model": self.model,
@@ -37,7 +38,9 @@ class ValidLine:
     @classmethod
     def from_json(cls, raw: str) -> "ValidLine":
         data = json.loads(raw)
-        return cls(data["line"], data["custom_id"], data["model"], EngineRequest.from_dict(data["request"]))
+        request = data["request"]
+        kind = EmbeddingRequest if request.get("kind") == "embedding" else EngineRequest
+        return cls(data["line"], data["custom_id"], data["model"], kind.from_dict(request))
 
 
 @dataclass
@@ -129,7 +132,10 @@ def _check_line(
         return reject(f"The model {model!r} does not exist or is not served here", "model_not_found", "model",
                       custom_id, model)
     try:
-        request = parse_body(endpoint, body, limits.default_max_tokens)
+        if endpoint == EMBEDDINGS:
+            request: EngineRequest | EmbeddingRequest = to_embedding_request(body)
+        else:
+            request = parse_body(endpoint, body, limits.default_max_tokens)
     except LineError as e:
         return RejectedLine(number, custom_id, model, e)
     except (RecursionError, TypeError, ValueError) as e:  # a body shaped to break the parser fails its line only

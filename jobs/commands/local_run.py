@@ -29,6 +29,9 @@ from jobs.pipeline.execute import execute
 from jobs.settings import Settings
 
 LOCAL_TENANT = "local"
+# Engine requests in flight per engine slot: enough that the scheduler always finds its next requests
+# prepared, few enough that a million-line file costs neither the engine's queue nor its memory.
+WINDOW_PER_SEQ = 4
 
 
 @dataclass
@@ -87,10 +90,12 @@ def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Pa
     record.request_counts.total = len(jobs) + rejected.failed
     lifecycle.apply(record, Event.START)
     load_started = time.perf_counter()
-    loop = start_engine(model_path, options or EngineOptions(), settings.kernels, settings.cache_dir, name)
+    options = options or EngineOptions()
+    loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name)
     load_seconds = time.perf_counter() - load_started
     try:
-        result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress)
+        result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress,
+                                        window=WINDOW_PER_SEQ * options.max_num_seqs)
     finally:
         loop.close()
     record.cancel_requested = result.stopped == "batch_cancelled"
@@ -103,7 +108,7 @@ def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Pa
 
 
 def _execute_with_progress(loop: EngineHandle, jobs: list[ValidLine], ctx: RequestContext, endpoint: str, model: str,
-                           show_progress: bool) -> ShardResult:
+                           show_progress: bool, window: int) -> ShardResult:
     interrupted = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -118,7 +123,7 @@ def _execute_with_progress(loop: EngineHandle, jobs: list[ValidLine], ctx: Reque
         with structlog.contextvars.bound_contextvars(batch_id=ctx.batch_id):
             result = execute(loop, jobs, ctx=ctx, endpoint=endpoint, model_name=model, request_prefix=ctx.batch_id,
                              should_stop=lambda: "batch_cancelled" if interrupted.is_set() else None,
-                             on_progress=progress, poll_s=0.1)
+                             on_progress=progress, poll_s=0.1, window=window)
     finally:
         bar.close()
         if previous is not None:

@@ -5,12 +5,14 @@ The one execution path for both a worker's shard task and ``pagebatch run``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine import EngineDeadError, SamplingParams
 
+from jobs.batch.embeddings import EMBEDDINGS, embedding_error, embeddings_body, embeddings_usage
 from jobs.batch.ids import LineIds
 from jobs.batch.requests import CHAT, LineError
 from jobs.batch.responses import batch_error_line, combined_output, output_line, request_error_line, response_body
@@ -32,7 +34,7 @@ Progress = Callable[[int, int], None]  # (completed, failed) so far
 
 def execute(
     loop: EngineHandle,
-    jobs: list[ValidLine],
+    jobs: Iterable[ValidLine],
     *,
     ctx: RequestContext,
     endpoint: str,
@@ -41,53 +43,72 @@ def execute(
     should_stop: StopCheck = lambda: None,
     on_progress: Progress | None = None,
     poll_s: float = 0.5,
+    window: int | None = None,
 ) -> ShardResult:
     """A line with ``n`` choices is n engine requests (ids suffixed ``-c<i>`` past the first), each with its own
-    seed derived from the line's (``EngineRequest.choice_params``); the line's result is one body once all are in."""
-    result = ShardResult()
-    stop = should_stop()
-    pending: dict[cf.Future, tuple[_Line, int]] = {}
-    for job in jobs:
-        if stop:
-            result.add_not_run(ctx, job, stop, STOP_MESSAGES[stop])
-            continue
-        line = _Line(job, request_prefix)
-        for i, request_id in enumerate(line.request_ids):
-            future = loop.submit(job.request.prompt, job.request.choice_params(i), request_id=request_id)
-            pending[future] = (line, i)
+    seed derived from the line's (``EngineRequest.choice_params``); an embeddings line is one engine request per
+    input. The line's result is one body once all are in.
 
+    With a ``window``, at most about that many engine requests are in flight: the next lines are prepared
+    (templated, tokenized) on this thread as earlier ones finish, so a file of any size costs the engine a
+    bounded queue and its preparation overlaps generation."""
+    result = ShardResult()
+    finished: queue.SimpleQueue[tuple[_Line, int, cf.Future]] = queue.SimpleQueue()
+    in_flight: dict[str, tuple[_Line, int]] = {}
+    todo = iter(jobs)
+    stop = should_stop()
+
+    def submit_more() -> None:
+        while not stop and (window is None or len(in_flight) < window):
+            job = next(todo, None)
+            if job is None:
+                return
+            line = _Line(job, request_prefix)
+            for i, (request_id, (prompt, params)) in enumerate(zip(line.request_ids, line.calls)):
+                in_flight[request_id] = (line, i)
+                future = loop.submit(prompt, params, request_id=request_id)
+                future.add_done_callback(lambda f, line=line, i=i: finished.put((line, i, f)))
+
+    submit_more()
     aborted = False
     next_check = time.monotonic() + poll_s
-    while pending:
-        done, _ = cf.wait(pending, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
-        for future in done:
-            line, i = pending.pop(future)
+    while in_flight:
+        try:
+            line, i, future = finished.get(timeout=max(0.0, next_check - time.monotonic()))
+        except queue.Empty:
+            pass
+        else:
+            del in_flight[line.request_ids[i]]
             line.futures[i] = future
             if all(f is not None for f in line.futures):
                 _collect(result, ctx, line.job, line.futures, endpoint, model_name, stop)
-        if time.monotonic() < next_check and pending:
+            submit_more()
+        if time.monotonic() < next_check and in_flight:
             continue  # progress and the stop flag are looked at once per poll interval, not per completion
         next_check = time.monotonic() + poll_s
         if on_progress is not None:
             on_progress(result.completed, result.failed)
-        if not aborted and pending:
+        if not aborted and in_flight:
             stop = should_stop()
             if stop:
-                log.info("aborting in-flight requests", reason=stop, requests=len(pending))
-                for line, i in pending.values():
-                    loop.abort(line.request_ids[i])
+                log.info("aborting in-flight requests", reason=stop, requests=len(in_flight))
+                for request_id in list(in_flight):
+                    loop.abort(request_id)
                 aborted = True
+    for job in todo:  # lines never submitted: the batch stopped first
+        result.add_not_run(ctx, job, stop, STOP_MESSAGES[stop])
     result.stopped = stop
     return result
 
 
 class _Line:
-    """One line's engine requests (one per choice) and their futures as they complete."""
+    """One line's engine requests (one per choice, or per embeddings input) and their futures as they complete."""
 
     def __init__(self, job: ValidLine, request_prefix: str) -> None:
         self.job = job
         base = f"{request_prefix}-{job.line}"
-        n = job.request.n
+        self.calls = job.request.calls()  # (prompt, params) of each engine request
+        n = len(self.calls)
         self.request_ids = [base if i == 0 else f"{base}-c{i}" for i in range(n)]
         self.futures: list[cf.Future | None] = [None] * n
 
@@ -111,18 +132,27 @@ def _collect(result: ShardResult, ctx: RequestContext, job: ValidLine, futures: 
                              usage(None, "error"))
             return
     reasons = {out.finish_reason for out in outs}
-    combined = combined_output(outs)  # usage: the prompt once, every choice's completion tokens
+    embedding = endpoint == EMBEDDINGS
+    # usage: the prompt once and every choice's completion tokens; or every embedded input's prompt
+    combined = embeddings_usage(outs) if embedding else combined_output(outs)
     if reasons <= {"stop", "length"}:
-        body = response_body(endpoint, model_name, outs, ids.response_id, job.request.echo)
+        if embedding:
+            body = embeddings_body(model_name, outs, job.request.encoding_format)
+        else:
+            body = response_body(endpoint, model_name, outs, ids.response_id, job.request.echo)
         result.add_output(output_line(ids, job.custom_id, body), usage(combined, combined.finish_reason))
     elif "error" in reasons:
-        out = next(o for o in outs if o.finish_reason == "error")
-        code = out.error_code or "invalid_request"
-        error = LineError(out.error or "the request was rejected by the engine", code, _error_param(endpoint, out))
+        error = embedding_error(outs) if embedding else _line_error(endpoint, outs)
         result.add_error(request_error_line(ids, job.custom_id, error), usage(None, "error"))
     else:  # "abort": cancelled or expired while running; keep what it cost
         code = stop or "batch_cancelled"
         result.add_error(batch_error_line(ids, job.custom_id, code, STOP_MESSAGES[code]), usage(combined, "abort"))
+
+
+def _line_error(endpoint: str, outs: list[Any]) -> LineError:
+    out = next(o for o in outs if o.finish_reason == "error")
+    code = out.error_code or "invalid_request"
+    return LineError(out.error or "the request was rejected by the engine", code, _error_param(endpoint, out))
 
 
 def _error_param(endpoint: str, out: Any) -> str | None:

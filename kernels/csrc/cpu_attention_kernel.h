@@ -8,12 +8,14 @@
 // OpenMP with dynamic scheduling, longest first. Per item: scores of all its query heads (one pass
 // over K), an fp32 softmax, the fp32 weighted sum of values (one pass over V).
 //
-// With AVX-512 (the extension is built with -march=native), head dims that are multiples of 16
+// The extension is built with -march=native. With AVX-512, head dims that are multiples of 16
 // take intrinsics paths: the dot products of 16 keys are reduced together (a transpose-add tree,
 // not one horizontal sum per key); bf16 keys use vdpbf16ps (exact bf16 products, fp32 sums) when
 // the CPU has AVX512-BF16; value rows are converted to fp32 in registers and accumulated into up
-// to 16 registers of query-head accumulators. Everything else takes plain loops the compiler
-// vectorizes. Accumulation is fp32 for every cache dtype.
+// to 16 registers of query-head accumulators. With AVX2 + FMA + F16C and no AVX-512, head dims
+// that are multiples of 8 take the same paths 8 lanes wide (eight keys' dot products reduced
+// together, value accumulators in registers). Everything else takes plain loops the compiler
+// vectorizes. The next cache block is prefetched while one is computed. Accumulation is fp32 for every cache dtype.
 //
 // Depends only on c10's header-only BFloat16/Half and OpenMP; kernels/csrc/cpu_attention.cpp binds it.
 #pragma once
@@ -34,6 +36,13 @@
 #define PAGEBATCH_AVX512 1
 #else
 #define PAGEBATCH_AVX512 0
+#endif
+
+#if !PAGEBATCH_AVX512 && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define PAGEBATCH_AVX2 1
+#else
+#define PAGEBATCH_AVX2 0
 #endif
 
 namespace pagebatch {
@@ -175,6 +184,28 @@ inline __m512 load16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_s
 
 #endif
 
+#if PAGEBATCH_AVX2
+// 8 consecutive values as fp32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// 8 vectors -> one vector whose lane t is the sum of the lanes of acc[t].
+inline __m256 reduce8(const __m256* acc) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// Lanes [0, count) set.
+inline __m256i first_lanes(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+
 // Rows [stop, D] of a cache block as fp32 (row stride ld): the rows themselves for an fp32 cache,
 // else converted into buf (row stride D).
 template <typename T, int DC>
@@ -273,6 +304,34 @@ inline void block_scores(const float* __restrict qf, const T* __restrict qb, int
     return;
   }
 #endif
+#if PAGEBATCH_AVX2
+  if constexpr (DC > 0 && DC % 8 == 0) {
+    // Eight keys at a time: eight independent FMA chains, reduced together (no horizontal sum per key).
+    constexpr int C = DC / 8;
+    int64_t kld;
+    const float* kf = block_rows<T, DC>(k, token_stride, stop, DC, buf, kld);
+    for (int g = 0; g < G; ++g) {
+      const float* qg = qf + g * DC;
+      for (int64_t t0 = 0; t0 < stop; t0 += 8) {
+        const int64_t count = std::min<int64_t>(8, stop - t0);
+        __m256 acc[8];
+        for (int t = 0; t < 8; ++t) {
+          acc[t] = _mm256_setzero_ps();
+          if (t < count) {
+            const float* kt = kf + (t0 + t) * kld;
+            for (int c = 0; c < C; ++c) acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * c), _mm256_loadu_ps(kt + 8 * c), acc[t]);
+          }
+        }
+        if (count == 8) {
+          _mm256_storeu_ps(scores + g * ld + t0, reduce8(acc));
+        } else {
+          _mm256_maskstore_ps(scores + g * ld + t0, first_lanes(count), reduce8(acc));
+        }
+      }
+    }
+    return;
+  }
+#endif
   const int D = DC > 0 ? DC : D_rt;
   int64_t kld;
   const float* kf = block_rows<T, DC>(k, token_stride, stop, D, buf, kld);
@@ -322,6 +381,31 @@ inline void block_values(const float* __restrict p, int64_t ld, int G, int D_rt,
     return;
   }
 #endif
+#if PAGEBATCH_AVX2
+  if constexpr (DC > 0 && DC % 8 == 0) {
+    // The accumulators of up to 8 registers' worth of heads stay in registers over the block's rows.
+    constexpr int C = DC / 8;
+    constexpr int GB = C >= 8 ? 1 : 8 / C;
+    for (int g0 = 0; g0 < G; g0 += GB) {
+      const int gb = std::min(GB, G - g0);
+      __m256 a[GB][C];
+      for (int j = 0; j < GB; ++j)
+        for (int c = 0; c < C; ++c) a[j][c] = j < gb ? _mm256_loadu_ps(acc + (g0 + j) * DC + 8 * c) : _mm256_setzero_ps();
+      for (int64_t t = 0; t < stop; ++t) {
+        const T* vt = v + t * token_stride;
+        for (int j = 0; j < GB; ++j) {
+          if (j < gb) {
+            const __m256 w = _mm256_set1_ps(p[(g0 + j) * ld + t]);
+            for (int c = 0; c < C; ++c) a[j][c] = _mm256_fmadd_ps(w, load8(vt + 8 * c), a[j][c]);
+          }
+        }
+      }
+      for (int j = 0; j < gb; ++j)
+        for (int c = 0; c < C; ++c) _mm256_storeu_ps(acc + (g0 + j) * DC + 8 * c, a[j][c]);
+    }
+    return;
+  }
+#endif
   const int D = DC > 0 ? DC : D_rt;
   int64_t vld;
   const float* vf = block_rows<T, DC>(v, token_stride, stop, D, buf, vld);
@@ -334,6 +418,18 @@ inline void block_values(const float* __restrict p, int64_t ld, int G, int D_rt,
       for (int d = 0; d < D; ++d) ag[d] += w * vt[d];
     }
   }
+}
+
+// Blocks sit anywhere in the pool, so the hardware prefetcher loses the stream at every block boundary:
+// ask for the rows of the block that holds key `next` (if it is before `end`) while this one is computed.
+template <typename T>
+inline void prefetch_next_block(const T* cache, const int32_t* __restrict table, int block_size, int64_t block_stride,
+                                int64_t token_stride, int64_t next, int64_t end) {
+  if (next >= end) return;
+  const int64_t rows = std::min<int64_t>(block_size - next % block_size, end - next);
+  const char* first = reinterpret_cast<const char*>(cache + table[next / block_size] * block_stride + (next % block_size) * token_stride);
+  const int64_t bytes = rows * token_stride * static_cast<int64_t>(sizeof(T));
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(first + b, 0, 3);
 }
 
 // One item: the query heads of kv heads [h0, h1) of one sequence over its keys [begin, end); each
@@ -353,6 +449,7 @@ inline void attend(const float* __restrict qf, const T* __restrict qb, float sca
     const int64_t off = pos % block_size;
     const int64_t stop = std::min<int64_t>({end - pos, block_size - off, chunk});
     const T* base = kc + table[pos / block_size] * block_stride + off * token_stride;
+    prefetch_next_block(kc, table, block_size, block_stride, token_stride, pos + stop, end);
     for (int h = h0; h < h1; ++h) {
       const int r = (h - h0) * G;
       block_scores<T, DC>(qf + r * D, qb + r * D, G, D, base + h * head_stride, token_stride, stop, scores + r * n + (pos - begin),
@@ -366,6 +463,7 @@ inline void attend(const float* __restrict qf, const T* __restrict qb, float sca
     const int64_t off = pos % block_size;
     const int64_t stop = std::min<int64_t>({end - pos, block_size - off, chunk});
     const T* base = vc + table[pos / block_size] * block_stride + off * token_stride;
+    prefetch_next_block(vc, table, block_size, block_stride, token_stride, pos + stop, end);
     for (int h = h0; h < h1; ++h) {
       const int r = (h - h0) * G;
       block_values<T, DC>(scores + r * n + (pos - begin), n, G, D, base + h * head_stride, token_stride, stop, acc + r * D, buf);

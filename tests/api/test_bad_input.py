@@ -107,7 +107,7 @@ def test_bad_batch_requests_are_refused(stack):
     client = stack.client("c")
     file = upload(client, jsonl([chat_line("x", stack.model)]))
     with pytest.raises(openai.BadRequestError):
-        client.batches.create(input_file_id=file.id, endpoint="/v1/embeddings", completion_window="24h")
+        client.batches.create(input_file_id=file.id, endpoint="/v1/moderations", completion_window="24h")
     with pytest.raises(openai.BadRequestError):
         client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="forever")
     with pytest.raises(openai.NotFoundError):

@@ -138,7 +138,7 @@ def test_what_starts_nothing_is_answered_and_never_a_5xx(stack, moto_s3):
     for payload, status in refused.items():
         response = post(stack, payload)
         assert response.status_code == status and response.json()["error"]["message"], response.text
-    assert post(stack, aws_event(bucket, "inbox/x.jsonl", etag), endpoint="/v1/embeddings").status_code == 400
+    assert post(stack, aws_event(bucket, "inbox/x.jsonl", etag), endpoint="/v1/moderations").status_code == 400
     assert post(stack, aws_event(bucket, "inbox/x.jsonl", etag), tenant="nobody").status_code == 401
     assert batches_from(stack.client(TENANT), f"s3://{bucket}/inbox/x.jsonl") == []
 

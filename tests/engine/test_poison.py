@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine import LLM, EngineConfig, EngineLoop, LLMEngine, SamplingParams
+from engine.inputs import PromptProcessor
 from engine.request import Request
 from engine.sampler import sample
 from tests.engine.pool_checks import check_invariants
@@ -169,14 +170,17 @@ def test_a_huge_prompt_is_rejected_without_tokenizing_it(config):
     seen: list[int] = []
     real = engine.builder.prompts.tokenizer
 
+    class SpyBackend:  # the fast tokenizer's Rust backend, which the processor encodes with
+        def encode(self, text, **kwargs):
+            seen.append(len(text))
+            return real.backend_tokenizer.encode(text, **kwargs)
+
     class Spy:
         chat_template = real.chat_template
+        backend_tokenizer = SpyBackend()
 
-        def __call__(self, text, **kwargs):
-            seen.append(len(text))
-            return real(text, **kwargs)
-
-    engine.builder.prompts.tokenizer = Spy()
+    prompts = engine.builder.prompts
+    engine.builder.prompts = PromptProcessor(Spy(), prompts.vocab_size, prompts.max_model_len)
     out = engine.prepare_request("word " * 200_000, SamplingParams())
     assert out.finish_reason == "error" and out.error_code == "context_length_exceeded"
     assert seen == []

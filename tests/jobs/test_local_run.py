@@ -7,6 +7,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.batch_helpers import chat_line, jsonl
 
 
@@ -63,3 +65,26 @@ def test_run_fails_a_file_that_is_not_a_batch(tmp_path, tiny_model):
     assert done.returncode == 1 and "empty_file" in done.stderr
     batch = json.loads((out / "batch.json").read_text())
     assert batch["status"] == "failed" and batch["errors"]["data"][0]["code"] == "empty_file"
+
+
+def test_run_embeds_an_embeddings_file(tmp_path, tiny_model):
+    model = tiny_model.name
+    lines = [{"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": model, "input": [f"document {i}", "the review was good"]}} for i in range(4)]
+    lines.append({"custom_id": "packed", "method": "POST", "url": "/v1/embeddings",
+                  "body": {"model": model, "input": [5, 6, 7], "encoding_format": "base64"}})
+    lines.append({"custom_id": "bad", "method": "POST", "url": "/v1/embeddings", "body": {"model": model, "input": []}})
+    (tmp_path / "in.jsonl").write_bytes(jsonl(lines))
+    out = tmp_path / "out"
+    done = pagebatch("run", str(tmp_path / "in.jsonl"), "--model", str(tiny_model), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    batch = json.loads((out / "batch.json").read_text())
+    assert batch["endpoint"] == "/v1/embeddings" and batch["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
+    output = {o["custom_id"]: o["response"]["body"] for o in read(out / "output.jsonl")}
+    assert all(b["object"] == "list" and len(b["data"]) == 2 for k, b in output.items() if k != "packed")
+    assert isinstance(output["packed"]["data"][0]["embedding"], str)
+    same_text = output["e-0"]["data"][1]["embedding"], output["e-1"]["data"][1]["embedding"]
+    assert same_text[0] == pytest.approx(same_text[1], abs=1e-5)
+    assert batch["usage"]["input_tokens"] == sum(b["usage"]["prompt_tokens"] for b in output.values())
+    assert batch["usage"]["output_tokens"] == 0
+    assert read(out / "errors.jsonl")[0]["response"]["body"]["error"]["param"] == "input"

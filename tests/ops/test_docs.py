@@ -60,6 +60,9 @@ def test_the_python_examples_run(stack, tmp_path):
     assert sorted(re.findall(r"^(doc-\d) -> \d+ characters$", out, re.M)) == ["doc-0", "doc-1", "doc-2"], out
     assert "failed:" not in out
     assert re.search(r"^prompt tokens: [1-9]\d* completion tokens: [1-9]\d*$", out, re.M), out
+    vectors = re.findall(r"^(emb-\d) (\d) -> (\d+) floats$", out, re.M)
+    assert sorted(v[:2] for v in vectors) == [(f"emb-{i}", str(k)) for i in range(3) for k in range(2)], out
+    assert len({v[2] for v in vectors}) == 1, out  # the model's width, for base64 and float vectors alike
 
 
 def pagebatch_commands(script: str) -> list[list[str]]:
