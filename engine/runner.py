@@ -3,9 +3,11 @@ batch into tensors, runs the model over the paged KV cache, returns the logits o
 and the final hidden states the pooling (embedding) requests need."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import structlog
 import torch
 
@@ -17,7 +19,7 @@ from kernels import AttentionMetadata
 
 log = structlog.get_logger("pagebatch.engine")
 
-CPU_KV_CACHE_BYTES = 2 * 2**30  # capped at an eighth of the machine's memory: the pool is zeroed, so it is resident
+CPU_KV_CACHE_BYTES = 2 * 2**30  # and at most an eighth of the machine's memory
 
 
 def _cpu_kv_budget() -> int:
@@ -52,6 +54,15 @@ def plan_num_kv_blocks(
     return int(blocks)
 
 
+def zeroed_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor; on CPU from calloc'ed memory (numpy.zeros), which the OS maps to zero pages on first
+    touch, so a pool sized for the worst case costs neither start-up time nor memory until it is used."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+
+
 @dataclass
 class StepOutput:
     logits: torch.Tensor | None = None  # [sampled requests, vocab] float32, in the batch's order
@@ -68,8 +79,8 @@ class ModelRunner:
         # Blocks 0..num_blocks-1 are the block manager's; one more, that no request owns, is the
         # scratch block padded CUDA-graph rows write to. Zeroed, not empty: masked-out slots are
         # multiplied by zero attention weights, and 0 * NaN is NaN.
-        pool = torch.zeros(spec.num_layers, 2, num_blocks + 1, block_size, spec.num_kv_heads, spec.head_dim,
-                           dtype=model.dtype, device=self.device)
+        pool = zeroed_pool((spec.num_layers, 2, num_blocks + 1, block_size, spec.num_kv_heads, spec.head_dim),
+                           model.dtype, self.device)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = [(pool[i, 0], pool[i, 1]) for i in range(spec.num_layers)]
         self.scratch_block = num_blocks
         self.decode_graphs: DecodeGraphs | None = None
