@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.pooling import PoolingParams
 
-from jobs.batch.requests import LineError
+from jobs.batch.requests import LineError, check_parameters
 from jobs.batch.responses import combined_output
 
 EMBEDDINGS = "/v1/embeddings"
@@ -54,13 +54,7 @@ class EmbeddingRequest:
 
 
 def to_embedding_request(body: dict[str, Any]) -> EmbeddingRequest:
-    unsupported = sorted(k for k in body if k in _UNSUPPORTED and body[k] is not None)
-    if unsupported:
-        name = unsupported[0]
-        raise LineError(f"{name} is not supported by this server: {_UNSUPPORTED[name]}", "unsupported_parameter", name)
-    unknown = sorted(set(body) - _IGNORED - _KNOWN - set(_UNSUPPORTED))
-    if unknown:
-        raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
+    check_parameters(body, _IGNORED | _KNOWN, _UNSUPPORTED)
     encoding = body.get("encoding_format")
     encoding = "float" if encoding is None else encoding
     if encoding not in ENCODING_FORMATS:

@@ -80,6 +80,19 @@ class EngineRequest:
         return replace(self.params, seed=derived_seed(self.params.seed, index))
 
 
+def check_parameters(body: dict[str, Any], allowed: set[str], unsupported: dict[str, str],
+                     unset: tuple[Any, ...] = (None,)) -> None:
+    """LineError naming the first parameter the server refuses (``unsupported``: name -> why; a value in ``unset``
+    asks for nothing and passes), else the first one it does not know (neither allowed nor unsupported)."""
+    refused = sorted(k for k in body if k in unsupported and not any(body[k] is u or body[k] == u for u in unset))
+    if refused:
+        name = refused[0]
+        raise LineError(f"{name} is not supported by this server: {unsupported[name]}", "unsupported_parameter", name)
+    unknown = sorted(set(body) - allowed - set(unsupported))
+    if unknown:
+        raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
+
+
 def derived_seed(seed: int, index: int) -> int:
     """A distinct int64 seed per index (an odd-multiplier step mod 2**64 is a bijection of the index)."""
     value = (seed + index * 0x9E3779B97F4A7C15) % 2**64
@@ -88,13 +101,7 @@ def derived_seed(seed: int, index: int) -> int:
 
 def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> EngineRequest:
     allowed = _IGNORED | _COMMON | (_CHAT_ONLY if endpoint == CHAT else _COMPLETION_ONLY)
-    unsupported = sorted(k for k in body if k in _UNSUPPORTED and body[k] is not None)
-    if unsupported:
-        name = unsupported[0]
-        raise LineError(f"{name} is not supported by this server: {_UNSUPPORTED[name]}", "unsupported_parameter", name)
-    unknown = sorted(set(body) - allowed - set(_UNSUPPORTED))
-    if unknown:
-        raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
+    check_parameters(body, allowed, _UNSUPPORTED)
     n = body.get("n")
     n = 1 if n is None else n
     _require(_is_int(n) and 1 <= n <= MAX_N, f"n must be an integer in [1, {MAX_N}], got {str(n)[:40]}", "n")

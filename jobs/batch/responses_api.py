@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from jobs.batch.requests import CHAT, EngineRequest, LineError, to_engine_request
+from jobs.batch.requests import CHAT, EngineRequest, LineError, check_parameters, to_engine_request
 
 RESPONSES = "/v1/responses"
 _ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "text", "metadata")
@@ -44,13 +44,7 @@ def parse_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> 
 
 def to_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     """The chat completions body that asks the same of the model; LineError for what cannot be asked."""
-    unsupported = sorted(k for k in body if k in _UNSUPPORTED and body[k] not in (None, False))
-    if unsupported:
-        name = unsupported[0]
-        raise LineError(f"{name} is not supported by this server: {_UNSUPPORTED[name]}", "unsupported_parameter", name)
-    unknown = sorted(set(body) - _IGNORED - _MAPPED - set(_UNSUPPORTED))
-    if unknown:
-        raise LineError(f"Unrecognized request argument supplied: {unknown[0]}", "invalid_parameter", unknown[0])
+    check_parameters(body, _IGNORED | _MAPPED, _UNSUPPORTED, unset=(None, False))
     messages = []
     if body.get("instructions") is not None:
         if not isinstance(body["instructions"], str):
