@@ -15,7 +15,7 @@ import structlog
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.dtypes import resolve_dtype
+from engine.dtypes import bf16_emulated, resolve_dtype
 from engine.inputs import Prompt, RequestRejected
 from engine.isolation import execute_isolating, sample_isolating
 from engine.models import ModelSpec, load_hf_config, load_model, resolve_checkpoint
@@ -46,6 +46,9 @@ class LLMEngine:
         self.spec = ModelSpec.from_hf_config(hf_config)
         self.device = config.resolve_device()
         self.dtype = resolve_dtype(config.dtype, self.spec.torch_dtype, self.device)
+        if bf16_emulated(self.dtype, self.device):
+            log.warning("bfloat16 on a CPU without AVX512-BF16 or AMX: torch emulates its matmuls, several times "
+                        "slower than float32; dtype='auto' (--dtype auto) picks float32 here", dtype=config.dtype)
         self.max_model_len = _max_model_len(config, self.spec)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = load_model(path, self.spec, self.dtype, self.device, self.max_model_len)

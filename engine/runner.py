@@ -4,10 +4,10 @@ and the final hidden states the pooling (embedding) requests need."""
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import structlog
 import torch
 
@@ -55,12 +55,23 @@ def plan_num_kv_blocks(
 
 
 def zeroed_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zero tensor; on CPU from calloc'ed memory (numpy.zeros), which the OS maps to zero pages on first
-    touch, so a pool sized for the worst case costs neither start-up time nor memory until it is used."""
+    """A zero tensor; on CPU an anonymous memory map, which the OS fills with zero pages on first touch, so a
+    pool sized for the worst case costs neither start-up time nor memory until it is used. Where the kernel
+    allows it the map asks for transparent huge pages: decode attention reads blocks scattered over the whole
+    pool, and with 4 KiB pages nearly every block costs TLB misses."""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+    if nbytes == 0:
+        return torch.zeros(shape, dtype=dtype)
+    private = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_ANONYMOUS") else {}
+    memory = mmap.mmap(-1, nbytes, **private)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: 4 KiB pages, still correct
+            pass
+    return torch.frombuffer(memory, dtype=torch.uint8).view(dtype).view(shape)
 
 
 @dataclass

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.runner import zeroed_pool  # noqa: E402
 from kernels import cpu_attention, reference  # noqa: E402
 from kernels.metadata import AttentionMetadata  # noqa: E402
 
@@ -58,7 +59,10 @@ def make_workload(args: argparse.Namespace, dtype: torch.dtype) -> dict:
         tables[i, :n] = torch.tensor(order[used : used + n], dtype=torch.int32)
         used += n
     slots = torch.tensor([int(tables[i, (c - 1) // bs]) * bs + (c - 1) % bs for i, c in enumerate(ctx)])
-    pool = torch.randn(args.layers, 2, num_blocks, bs, hkv, d, generator=g).to(dtype)
+    # allocated as the engine allocates its KV pool (engine.runner.zeroed_pool: huge pages where the OS has them)
+    shape = (args.layers, 2, num_blocks, bs, hkv, d)
+    pool = zeroed_pool(shape, dtype, torch.device("cpu")) if args.pool == "engine" else torch.empty(shape, dtype=dtype)
+    pool.copy_(torch.randn(*shape, generator=g))
     q = torch.randn(args.layers, args.seqs, args.heads, d, generator=g).to(dtype)
     return {"ctx": ctx, "tables": tables, "slots": slots, "pool": pool, "q": q}
 
@@ -221,6 +225,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--impls", default="ref,cpp", help="comma-separated, of: " + ", ".join(IMPLS))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pool", choices=("engine", "malloc"), default="engine",
+                    help="KV pool memory: as the engine allocates it (huge pages where available) or plain torch.empty")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-step", action="store_true", help="attention only, no full decode step")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",

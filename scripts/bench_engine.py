@@ -8,6 +8,8 @@
     python scripts/bench_engine.py --dtype-sweep --skip compare --rounds 3  # bf16 vs fp32 decode steps, batch 1-128
     python scripts/bench_engine.py --structured --skip compare --workload summarize   # cost of a JSON schema
     python scripts/bench_engine.py --decode-bandwidth       # batch-1 decode of a ~0.5B model vs copy bandwidth
+    python scripts/bench_engine.py --workload summarize --num-prompts 48 --skip continuous --llama-cpp DIR
+                                                            # beside llama.cpp's llama-server, same GGUF weights
 
 Systems: pagebatch (LLM.generate), transformers `generate` in padded static batches of 16, and transformers'
 continuous batching manager (`generate_batch`'s engine, per-request max_new_tokens), alternated round by round
@@ -41,10 +43,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_llamacpp import LlamaServer  # noqa: E402
 from bench_workloads import (  # noqa: E402
     STRUCTURED_MAX_TOKENS, STRUCTURED_SCHEMA, Run, StepClock, Workload, build_llm, checkpoint_params, continuous_run,
     decode_budget, decode_steps, fill_engine, fixed_length_prompts, pagebatch_run, schema_valid, smollm2_dir,
@@ -62,21 +66,25 @@ def workload(num_prompts: int, vocab: int, seed: int) -> tuple[list[list[int]], 
 
 def matmul_peak_flops(device: str, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0,
                       m: int | None = None, k: int | None = None) -> float:
-    """Best FLOP/s of [m, k] @ [k, n] matmuls (m and k default to n: a square) over ``seconds``."""
+    """Best FLOP/s of [m, k] x [k, n] matmuls (m and k default to n: a square) over ``seconds``, in both weight
+    layouts: ``a @ b`` with b [k, n] and the models' ``F.linear(a, w)`` with w [n, k] (on a CPU without native
+    bf16, torch's bf16 matmul is ~10x slower in the first layout than in the second)."""
     m, k = m or n, k or n
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
+    w = b.t().contiguous()
     best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        _sync(device)
-        best = max(best, 5 * 2 * m * k * n / (time.perf_counter() - t))
+    for product in (lambda: a @ b, lambda: F.linear(a, w)):
+        for _ in range(3):
+            product()
+        end = time.perf_counter() + seconds / 2
+        while time.perf_counter() < end:
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(5):
+                product()
+            _sync(device)
+            best = max(best, 5 * 2 * m * k * n / (time.perf_counter() - t))
     return best
 
 
@@ -103,7 +111,8 @@ def run_continuous(path: str, prompts, outputs, device: str, dtype: str) -> floa
 
 # -- the comparison -------------------------------------------------------------------------------------------
 def compare(
-    w: Workload, device: str, dtype: str, kernel_choices: list[str], skip: set[str], rounds: int
+    w: Workload, device: str, dtype: str, kernel_choices: list[str], skip: set[str], rounds: int,
+    llama: LlamaServer | None = None,
 ) -> dict[str, Run]:
     """Every system once per round, alternated; each system's best (fastest) run. Models load once, untimed."""
     systems: dict[str, Callable[[], Run]] = {}
@@ -114,6 +123,8 @@ def compare(
         systems["transformers generate (static, batch 16)"] = partial(static_run, hf, w, device)
     if "continuous" not in skip:
         systems["transformers generate_batch (continuous)"] = partial(continuous_run, hf, w, device)
+    if llama is not None:
+        systems[f"llama.cpp llama-server ({llama.gguf.name}, {llama.kv_type} KV)"] = llama.run
     best: dict[str, Run] = {}
     for _ in range(rounds):
         for name, run in systems.items():
@@ -134,7 +145,7 @@ def report_compare(best: dict[str, Run], w: Workload, rounds: int) -> None:
             ratio = (base.output_tokens / base.seconds) / (r.output_tokens / r.seconds)
             print(f"{base_name} / {name:40s} {ratio:6.2f}x output tok/s")
     for name, r in best.items():
-        if name.startswith("transformers"):
+        if name != base_name:
             same = sum(a == b for a, b in zip(base.token_ids, r.token_ids))
             print(f"token-identical outputs, {base_name} vs {name}: {same}/{len(w.prompts)}")
     print(f"KV-cache utilization (live tokens / allocated slots, mean over steps): {100 * base.utilization:.1f}%")
@@ -337,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip", default="", help="comma list of what to skip: static,continuous,compare (compare: the "
                                                 "whole throughput comparison, e.g. to run only --dtype-sweep)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--llama-cpp", default=None, metavar="DIR",
+                    help="also llama.cpp's llama-server from DIR/bin (scripts/build_llamacpp.sh), on the GGUF model")
+    ap.add_argument("--llama-kv", default="f16", help="llama-server's KV cache type (its default f16; f32, bf16)")
     ap.add_argument("--decode-bandwidth", action="store_true", help="batch-1 decode bandwidth of a ~0.5B model instead")
     ap.add_argument("--bandwidth-preset", default="0.5b", help="0.5b, or a make_model preset for a quick CPU run")
     ap.add_argument("--breakdown", action="store_true", help="also print where pagebatch's step time goes")
@@ -378,7 +392,12 @@ def main() -> None:
           f"{'' if w.ignore_eos else ' (greedy, EOS on)'}, device={args.device}, dtype={args.dtype}, "
           f"threads={args.threads}")
     if "compare" not in skip:
-        best = compare(w, args.device, args.dtype, kernels, skip, args.rounds)
+        llama = LlamaServer(args.llama_cpp, w, args.dtype, args.threads, args.llama_kv) if args.llama_cpp else None
+        try:
+            best = compare(w, args.device, args.dtype, kernels, skip, args.rounds, llama)
+        finally:
+            if llama is not None:
+                llama.close()
         report_compare(best, w, args.rounds)
         gc.collect()
         report_work(w, next(iter(best.values())), checkpoint_params(w.model), args.device, args.dtype)

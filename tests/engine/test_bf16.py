@@ -112,6 +112,15 @@ def test_auto_on_cpu_follows_native_bf16(monkeypatch):
             assert resolve_dtype("auto", checkpoint, torch.device("cpu")) == want
 
 
+def test_explicit_bf16_is_flagged_only_where_the_cpu_emulates_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(dtypes, "cpu_has_native_bf16", lambda native=native: native)
+        assert dtypes.bf16_emulated(torch.bfloat16, cpu) is not native
+        assert not dtypes.bf16_emulated(torch.float32, cpu)
+        assert not dtypes.bf16_emulated(torch.bfloat16, cuda)
+
+
 def test_auto_on_gpu_keeps_the_checkpoints_dtype():
     cuda = torch.device("cuda")
     assert resolve_dtype("auto", "bfloat16", cuda) == torch.bfloat16
