@@ -6,7 +6,7 @@
 #     bash scripts/build_llamacpp.sh [DEST]     # prints DEST, the folder holding bin/llama-server
 #
 # DEST defaults to ~/.cache/pagebatch/llamacpp/<version>; nothing is rebuilt when the binaries are there.
-# Takes ~10-15 minutes on 2 cores; needs cmake and a C++ compiler.
+# Takes ~8-11 minutes on 2 cores; needs cmake and a C++ compiler.
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
