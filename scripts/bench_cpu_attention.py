@@ -1,7 +1,7 @@
 """CPU decode attention: kernels.reference vs kernels.cpu_attention (and alternatives), all ratios from one run.
 
     python scripts/bench_cpu_attention.py [--seqs 48 --ctx 400 --spread 50] [--dtypes fp32,bf16]
-        [--impls ref,cpp,compile,gather-bmm] [--rounds 5] [--threads N [--clock cpu]] [--no-step]
+        [--impls ref,cpp,cpp-4k,compile,gather-bmm,read-floor] [--rounds 5] [--threads N [--clock cpu]] [--no-step]
 
 Workload: one decode step (one query token per sequence) of a SmolLM2-135M-shaped model (30 layers,
 9 query heads, 3 kv heads, head_dim 64, hidden 576, MLP 1536, vocab 49152, block_size 16), every
@@ -21,6 +21,8 @@ impls: ref         kernels.reference.paged_attention (padded index_select gather
                    as broadcast-multiply + sum over an indexed view, so inductor can fuse the indirect
                    loads into its loops (one compile per shape; padded to the longest context)
        gather-bmm  pure torch: one index_select gather of all sequences, fp32 matmuls, masked softmax
+       cpp-4k      the same C++ kernel on a copy of the pool in ordinary memory (4 KiB pages), where "cpp" reads
+                   the pool as the engine allocates it (engine.runner.zeroed_pool: transparent huge pages)
        read-floor  not attention: a sequential read of the cache bytes the batch owns (torch sum), the
                    memory-bandwidth lower bound; the blocks' scattered order costs more than this
 """
@@ -61,10 +63,13 @@ def make_workload(args: argparse.Namespace, dtype: torch.dtype) -> dict:
     slots = torch.tensor([int(tables[i, (c - 1) // bs]) * bs + (c - 1) % bs for i, c in enumerate(ctx)])
     # allocated as the engine allocates its KV pool (engine.runner.zeroed_pool: huge pages where the OS has them)
     shape = (args.layers, 2, num_blocks, bs, hkv, d)
-    pool = zeroed_pool(shape, dtype, torch.device("cpu")) if args.pool == "engine" else torch.empty(shape, dtype=dtype)
+    pool = zeroed_pool(shape, dtype, torch.device("cpu"))
     pool.copy_(torch.randn(*shape, generator=g))
     q = torch.randn(args.layers, args.seqs, args.heads, d, generator=g).to(dtype)
-    return {"ctx": ctx, "tables": tables, "slots": slots, "pool": pool, "q": q}
+    w = {"ctx": ctx, "tables": tables, "slots": slots, "pool": pool, "q": q}
+    if "cpp-4k" in args.impls.split(","):
+        w["pool-4k"] = torch.empty(shape, dtype=dtype).copy_(pool)  # glibc's mmap: 4 KiB pages (THP on madvise)
+    return w
 
 
 def make_meta(w: dict) -> AttentionMetadata:
@@ -138,18 +143,24 @@ IMPLS: dict[str, Callable] = {
     "cpp": cpu_attention.paged_attention,
     "compile": compiled_attention,
     "gather-bmm": gather_bmm_attention,
+    "cpp-4k": cpu_attention.paged_attention,
     "read-floor": read_floor,
 }
+
+
+def pool_of(name: str, w: dict) -> torch.Tensor:
+    return w["pool-4k"] if name == "cpp-4k" else w["pool"]
 
 
 # ---- timing ---------------------------------------------------------------------------------------
 
 
-def attention_step(fn: Callable, w: dict, scale: float) -> torch.Tensor:
+def attention_step(fn: Callable, w: dict, scale: float, pool: torch.Tensor | None = None) -> torch.Tensor:
     meta = make_meta(w)
+    pool = w["pool"] if pool is None else pool
     out = None
-    for layer in range(w["pool"].shape[0]):
-        out = fn(w["q"][layer], w["pool"][layer, 0], w["pool"][layer, 1], meta, scale)
+    for layer in range(pool.shape[0]):
+        out = fn(w["q"][layer], pool[layer, 0], pool[layer, 1], meta, scale)
     return out
 
 
@@ -225,8 +236,6 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--impls", default="ref,cpp", help="comma-separated, of: " + ", ".join(IMPLS))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--pool", choices=("engine", "malloc"), default="engine",
-                    help="KV pool memory: as the engine allocates it (huge pages where available) or plain torch.empty")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-step", action="store_true", help="attention only, no full decode step")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -240,12 +249,12 @@ def main() -> None:
         global CLOCK
         CLOCK = time.thread_time
     impls = [i for i in args.impls.split(",") if i]
-    if "cpp" in impls:
+    if {"cpp", "cpp-4k"} & set(impls):
         t = time.perf_counter()
         ok = cpu_attention.available()
         print(f"cpp kernel: available={ok}, load/build {time.perf_counter() - t:.1f} s")
         if not ok:
-            impls.remove("cpp")
+            impls = [i for i in impls if i not in ("cpp", "cpp-4k")]
     scale = args.head_dim**-0.5
     print(f"{args.seqs} seqs, ctx {args.ctx}+-{args.spread}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, "
           f"head_dim {args.head_dim}, block {args.block_size}, threads {torch.get_num_threads()}, {args.clock} clock, "
@@ -261,10 +270,11 @@ def main() -> None:
                 if name == "read-floor":
                     continue
                 t = time.perf_counter()
-                got = attention_step(IMPLS[name], w, scale).float()  # warm-up (compile for 'compile')
+                got = attention_step(IMPLS[name], w, scale, pool_of(name, w)).float()  # warm-up (compile for 'compile')
                 err = (got - expected).abs().max().item()
                 print(f"  {name:11s} first call {time.perf_counter() - t:6.2f} s, max|diff| vs ref {err:.2e}")
-            att = best_of({name: (lambda f=IMPLS[name], w=w: attention_step(f, w, scale)) for name in impls}, args.rounds)
+            att = best_of({name: (lambda f=IMPLS[name], w=w, p=pool_of(name, w): attention_step(f, w, scale, p))
+                           for name in impls}, args.rounds)
         print(f"  {'attention':11s} {'ms/step':>9s} {'ms/layer':>9s} {'ref/impl':>9s}")
         for name in impls:
             print(f"  {name:11s} {1e3 * att[name]:9.2f} {1e3 * att[name] / args.layers:9.3f} {att['ref'] / att[name] if 'ref' in att else 0:9.2f}x")
@@ -272,7 +282,7 @@ def main() -> None:
             continue
         m = make_model(args, dtype)
         fns = {"(no attention)": lambda w=w, m=m: decode_step(None, w, m, args, scale)}
-        impls = [i for i in impls if i != "read-floor"]
+        impls = [i for i in impls if i not in ("read-floor", "cpp-4k")]
         fns.update({name: (lambda f=IMPLS[name], w=w, m=m: decode_step(f, w, m, args, scale)) for name in impls})
         for fn in fns.values():
             fn()

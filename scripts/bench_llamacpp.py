@@ -11,7 +11,6 @@ stopped on one (as pagebatch's token_ids do).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_service import free_port
 from bench_workloads import Run, Workload
 from engine.models.gguf import MARKER
 
@@ -53,12 +53,6 @@ def _first_eos(model_dir: str) -> int:
     return eos if isinstance(eos, int) else eos[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict, timeout: float = 3600) -> dict:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -74,7 +68,7 @@ class LlamaServer:
         self.kv_type = kv_type
         self.w = w
         self.eos = _first_eos(w.model)
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         slots = len(w.prompts)
         per_slot = max(len(p) + n for p, n in zip(w.prompts, w.max_tokens)) + 16
@@ -85,7 +79,11 @@ class LlamaServer:
              "-cb", "-cram", "0", "-ctk", kv_type, "-ctv", kv_type, "-b", "2048", "-ub", "512", "--no-webui"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def _wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
