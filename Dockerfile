@@ -7,16 +7,17 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY engine engine
 COPY kernels kernels
 COPY jobs jobs
 COPY api api
 
+# The versions CI last passed on (constraints.txt): torch 2.13.0 and the triton its CUDA build needs.
 # PyPI's torch for x86-64 Linux is the CUDA build, so one image serves the API and the GPU workers.
 # For a small CPU-only image: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX=
-RUN pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[triton,structured,gguf]"
+RUN pip install --no-cache-dir -c constraints.txt ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[triton,structured]"
 
 RUN useradd --create-home --uid 10001 pagebatch
 USER pagebatch

@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from api import batches, events, files, health, metrics
-from api.errors import install_error_handlers
-from api.limits import BodySizeLimit
-from jobs.logs import configure_logging
-from jobs.periodic import Periodic
-from jobs.pipeline.sweeper import sweep_once_per_interval
-from jobs.services import Services
-from jobs.settings import Settings, get_settings
+from pagebatch.api import batches, events, files, health, metrics
+from pagebatch.api.errors import install_error_handlers
+from pagebatch.api.limits import BodySizeLimit
+from pagebatch.jobs.logs import configure_logging
+from pagebatch.jobs.periodic import Periodic
+from pagebatch.jobs.pipeline.sweeper import sweep_once_per_interval
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.settings import Settings, get_settings
 
 MULTIPART_OVERHEAD = 64 * 1024
 

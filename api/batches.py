@@ -6,10 +6,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from api.deps import list_page, services, tenant
-from api.errors import not_found
-from jobs.pipeline.batches import cancel_batch, create_batch, get_batch, list_batches
-from jobs.services import Services
+from pagebatch.api.deps import list_page, services, tenant
+from pagebatch.api.errors import not_found
+from pagebatch.jobs.pipeline.batches import cancel_batch, create_batch, get_batch, list_batches
+from pagebatch.jobs.services import Services
 
 router = APIRouter(prefix="/v1/batches")
 Svc = Annotated[Services, Depends(services)]

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import Request
 
-from api.errors import APIError
-from jobs.services import Services
+from pagebatch.api.errors import APIError
+from pagebatch.jobs.services import Services
 
 
 def services(request: Request) -> Services:

@@ -6,7 +6,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.errors import OUTAGE_ERRORS, ErrorKind, JobError
+from pagebatch.jobs.errors import OUTAGE_ERRORS, ErrorKind, JobError
 
 STATUS_OF_KIND: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.CONFLICT: 409, ErrorKind.TOO_LARGE: 413,

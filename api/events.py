@@ -13,12 +13,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import services, tenant
-from api.errors import APIError
-from jobs.batch.requests import CHAT
-from jobs.pipeline.trigger_events import TriggerOptions
-from jobs.pipeline.trigger_start import handle_event
-from jobs.services import Services
+from pagebatch.api.deps import services, tenant
+from pagebatch.api.errors import APIError
+from pagebatch.jobs.batch.requests import CHAT
+from pagebatch.jobs.pipeline.trigger_events import TriggerOptions
+from pagebatch.jobs.pipeline.trigger_start import handle_event
+from pagebatch.jobs.services import Services
 
 router = APIRouter(prefix="/v1/s3")
 Svc = Annotated[Services, Depends(services)]

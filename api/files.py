@@ -6,11 +6,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from api.deps import list_page, services, tenant
-from api.errors import APIError, not_found
-from jobs.pipeline.batches import expires_after_seconds
-from jobs.services import Services
-from jobs.store.storage import NotFound
+from pagebatch.api.deps import list_page, services, tenant
+from pagebatch.api.errors import APIError, not_found
+from pagebatch.jobs.pipeline.batches import expires_after_seconds
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.storage import NotFound
 
 router = APIRouter(prefix="/v1/files")
 Svc = Annotated[Services, Depends(services)]

@@ -6,8 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from api.deps import services
-from jobs.services import Services
+from pagebatch.api.deps import services
+from pagebatch.jobs.services import Services
 
 router = APIRouter()
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import BodyTooLarge, too_large_response
+from pagebatch.api.errors import BodyTooLarge, too_large_response
 
 
 class BodySizeLimit:

@@ -11,10 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 
-from api.deps import services
-from api.errors import APIError
-from jobs.services import Services
-from jobs.store.metrics_collector import ServiceCollector
+from pagebatch.api.deps import services
+from pagebatch.api.errors import APIError
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.metrics_collector import ServiceCollector
 
 router = APIRouter()
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.dispatch import check_choice as check_kernels
+from pagebatch.kernels.dispatch import check_choice as check_kernels
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import AttentionMetadata
+from pagebatch.kernels.metadata import AttentionMetadata
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from engine.config import DTYPES
+from pagebatch.engine.config import DTYPES
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

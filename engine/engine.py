@@ -13,24 +13,24 @@ import itertools
 
 import structlog
 
-from engine.block_manager import BlockManager
-from engine.config import EngineConfig
-from engine.dtypes import bf16_emulated, resolve_dtype
-from engine.inputs import Prompt, RequestRejected
-from engine.isolation import execute_isolating, sample_isolating
-from engine.models import ModelSpec, load_hf_config, load_model, resolve_checkpoint
-from engine.models.pooling_config import read_pooling
-from engine.output_builder import OutputBuilder
-from engine.outputs import RequestOutput
-from engine.pooling import PoolingParams
-from engine.request import Request
-from engine.request_builder import RequestBuilder
-from engine.runner import ModelRunner, plan_num_kv_blocks
-from engine.sampler import sample
-from engine.sampling_params import SamplingParams
-from engine.scheduler import FinishedRequest, Scheduler
-from engine.stats import EngineStats, StatsRecorder
-from kernels import select_backend
+from pagebatch.engine.block_manager import BlockManager
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.dtypes import bf16_emulated, resolve_dtype
+from pagebatch.engine.inputs import Prompt, RequestRejected
+from pagebatch.engine.isolation import execute_isolating, sample_isolating
+from pagebatch.engine.models import ModelSpec, load_hf_config, load_model, resolve_checkpoint
+from pagebatch.engine.models.pooling_config import read_pooling
+from pagebatch.engine.output_builder import OutputBuilder
+from pagebatch.engine.outputs import RequestOutput
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.request import Request
+from pagebatch.engine.request_builder import RequestBuilder
+from pagebatch.engine.runner import ModelRunner, plan_num_kv_blocks
+from pagebatch.engine.sampler import sample
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.scheduler import FinishedRequest, Scheduler
+from pagebatch.engine.stats import EngineStats, StatsRecorder
+from pagebatch.kernels.dispatch import select_backend
 
 log = structlog.get_logger("pagebatch.engine")
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import structlog
 import torch
 
-from engine.request import Request
-from engine.runner import StepOutput
-from engine.sampler import SampledToken
-from engine.scheduler import ScheduledBatch
+from pagebatch.engine.request import Request
+from pagebatch.engine.runner import StepOutput
+from pagebatch.engine.sampler import SampledToken
+from pagebatch.engine.scheduler import ScheduledBatch
 
 log = structlog.get_logger("pagebatch.engine")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from engine.config import EngineConfig
-from engine.engine import LLMEngine
-from engine.inputs import Prompt
-from engine.outputs import RequestOutput
-from engine.pooling import PoolingParams
-from engine.sampling_params import SamplingParams
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.engine.inputs import Prompt
+from pagebatch.engine.outputs import RequestOutput
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.sampling_params import SamplingParams
+
+# The offline API's whole vocabulary from one module: `from pagebatch.engine.llm import LLM, SamplingParams`.
+__all__ = ["LLM", "PoolingParams", "RequestOutput", "SamplingParams"]
 
 
 class LLM:

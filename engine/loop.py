@@ -19,13 +19,13 @@ from concurrent.futures import Future, InvalidStateError
 
 import structlog
 
-from engine.engine import LLMEngine
-from engine.inputs import Prompt
-from engine.outputs import RequestOutput
-from engine.pooling import PoolingParams
-from engine.request import Request
-from engine.sampling_params import SamplingParams
-from engine.stats import EngineStats
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.engine.inputs import Prompt
+from pagebatch.engine.outputs import RequestOutput
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.request import Request
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.stats import EngineStats
 
 log = structlog.get_logger("pagebatch.engine")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from engine.outputs import RequestMetrics, RequestOutput, TokenLogprob, TopLogprob
-from engine.scheduler import FinishedRequest
+from pagebatch.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob, TopLogprob
+from pagebatch.engine.scheduler import FinishedRequest
 
 
 class OutputBuilder:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.models.pooling_config import POOLING_METHODS, ModelPooling
+from pagebatch.engine.models.pooling_config import POOLING_METHODS, ModelPooling
 
 
 @dataclass

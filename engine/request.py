@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from engine.choices import ChoiceState
-from engine.detokenizer import IncrementalDetokenizer
-from engine.outputs import RequestMetrics
-from engine.pooling import PoolingParams, PoolingState
-from engine.sampling_params import SamplingParams
+from pagebatch.engine.choices import ChoiceState
+from pagebatch.engine.detokenizer import IncrementalDetokenizer
+from pagebatch.engine.outputs import RequestMetrics
+from pagebatch.engine.pooling import PoolingParams, PoolingState
+from pagebatch.engine.sampling_params import SamplingParams
 
 # One generated token's logprob and the top alternatives [(token_id, logprob), ...] at that step.
 SampleLogprobs = tuple[float, list[tuple[int, float]]]

@@ -14,16 +14,16 @@ import threading
 
 import torch
 
-from engine.choices import ChoiceState, ChoiceTrie
-from engine.detokenizer import IncrementalDetokenizer
-from engine.inputs import Prompt, PromptProcessor, RequestRejected
-from engine.models.pooling_config import ModelPooling
-from engine.pooling import PoolingParams
-from engine.request import Request
-from engine.sampler import LogitsState
-from engine.sampling_params import SamplingParams
-from engine.stopping import MinTokensDetokenizer
-from engine.structured import GrammarCompiler
+from pagebatch.engine.choices import ChoiceState, ChoiceTrie
+from pagebatch.engine.detokenizer import IncrementalDetokenizer
+from pagebatch.engine.inputs import Prompt, PromptProcessor, RequestRejected
+from pagebatch.engine.models.pooling_config import ModelPooling
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.request import Request
+from pagebatch.engine.sampler import LogitsState
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.stopping import MinTokensDetokenizer
+from pagebatch.engine.structured import GrammarCompiler
 
 MAX_CACHED_TRIES = 256
 

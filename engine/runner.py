@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import structlog
 import torch
 
-from engine.config import EngineConfig
-from engine.cuda_graphs import DecodeGraphs
-from engine.models import DecoderModel, ModelSpec
-from engine.scheduler import ScheduledBatch
-from kernels import AttentionMetadata
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.cuda_graphs import DecodeGraphs
+from pagebatch.engine.models import DecoderModel, ModelSpec
+from pagebatch.engine.scheduler import ScheduledBatch
+from pagebatch.kernels.metadata import AttentionMetadata
 
 log = structlog.get_logger("pagebatch.engine")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.request import Request, SampleLogprobs
-from engine.sampling_params import SamplingParams
-from engine.structured import apply_masks
+from pagebatch.engine.request import Request, SampleLogprobs
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.structured import apply_masks
 
 
 @dataclass

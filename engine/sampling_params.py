@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from engine.structured import GrammarSpec
+from pagebatch.engine.structured import GrammarSpec
 
 MAX_LOGPROBS = 20
 MAX_TEMPERATURE = 2.0

@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from engine.block_manager import BlockManager
-from engine.outputs import FinishReason
-from engine.request import Request, RequestStatus
-from engine.sampler import SampledToken
-from engine.stopping import stop_reason
+from pagebatch.engine.block_manager import BlockManager
+from pagebatch.engine.outputs import FinishReason
+from pagebatch.engine.request import Request, RequestStatus
+from pagebatch.engine.sampler import SampledToken
+from pagebatch.engine.stopping import stop_reason
 
 
 @dataclass

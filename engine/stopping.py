@@ -1,9 +1,9 @@
 """When a request is done: the finish reason a newly appended token gives it, if any."""
 from __future__ import annotations
 
-from engine.detokenizer import IncrementalDetokenizer
-from engine.outputs import FinishReason
-from engine.request import Request
+from pagebatch.engine.detokenizer import IncrementalDetokenizer
+from pagebatch.engine.outputs import FinishReason
+from pagebatch.engine.request import Request
 
 
 def stop_reason(req: Request, token: int, eos_token_ids: set[int], max_model_len: int | None) -> FinishReason | None:

@@ -31,8 +31,8 @@ from typing import Iterable
 
 import torch
 
-from engine.structured_mask import _banned, _row_pointer, allocate_bitmask, apply_bitmask, fill_masks
-from engine.structured_spec import (
+from pagebatch.engine.structured_mask import _banned, _row_pointer, allocate_bitmask, apply_bitmask, fill_masks
+from pagebatch.engine.structured_spec import (
     _INSTALL,
     _NAMES,
     KINDS,

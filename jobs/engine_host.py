@@ -66,8 +66,10 @@ def served_name(model_path: str, name: str | None) -> str:
 def start_engine(model_path: str, options: EngineOptions, default_kernels: str = "auto",
                  cache_dir: Path | None = None, name: str | None = None) -> EngineHandle:
     """Load the model (a .gguf file is converted once into ``cache_dir/gguf``) and start its engine loop."""
-    from engine import EngineConfig, EngineLoop, LLMEngine
-    from engine.models import resolve_checkpoint
+    from pagebatch.engine.config import EngineConfig
+    from pagebatch.engine.loop import EngineLoop
+    from pagebatch.engine.engine import LLMEngine
+    from pagebatch.engine.models import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(model_path, cache_dir=None if cache_dir is None else cache_dir / "gguf")
     config = EngineConfig(model=str(checkpoint), served_model_name=served_name(model_path, name),

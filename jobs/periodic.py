@@ -4,8 +4,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from jobs.errors import OUTAGE_ERRORS
-from jobs.logs import get_logger
+from pagebatch.jobs.errors import OUTAGE_ERRORS
+from pagebatch.jobs.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from jobs.errors import OUTAGE_ERRORS, is_outage
-from jobs.logs import get_logger
+from pagebatch.jobs.errors import OUTAGE_ERRORS, is_outage
+from pagebatch.jobs.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")

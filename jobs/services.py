@@ -6,13 +6,13 @@ from typing import Any
 
 import redis
 
-from jobs.settings import Settings
-from jobs.store import layout
-from jobs.store.files import FileStore
-from jobs.store.queues import Dispatcher, create_celery
-from jobs.store.registry import live_workers
-from jobs.store.state import BatchState, connect
-from jobs.store.storage import Storage, open_storage
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store import layout
+from pagebatch.jobs.store.files import FileStore
+from pagebatch.jobs.store.queues import Dispatcher, create_celery
+from pagebatch.jobs.store.registry import live_workers
+from pagebatch.jobs.store.state import BatchState, connect
+from pagebatch.jobs.store.storage import Storage, open_storage
 
 
 @dataclass

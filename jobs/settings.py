@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pagebatch.engine.cache import cache_root
+
 MiB = 1024 * 1024
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -50,8 +52,9 @@ class Settings(BaseSettings):
     # How long finished batches' live state stays in Redis (the durable batch.json stays forever).
     state_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
-    # Where `pagebatch run` keeps its demo model and input when none is given.
-    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "pagebatch")
+    # What pagebatch makes or fetches once: the demo models (models/ holds SmolLM2 once fetched) and converted
+    # GGUF checkpoints (gguf/). The engine reads the same variable (pagebatch.engine.cache), so both agree.
+    cache_dir: Path = Field(default_factory=cache_root)
 
     # S3 triggers (webhook and `pagebatch watch`): the model for lines of an inbox file that name none,
     # when the webhook URL (?model=) or the watch command (--model) does not say.

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from kernels import reference
-from kernels.metadata import AttentionMetadata
-from kernels.reference import rms_norm, rotary_embedding, silu_and_mul, write_kv
+from pagebatch.kernels import reference
+from pagebatch.kernels.metadata import AttentionMetadata
+from pagebatch.kernels.reference import rms_norm, rotary_embedding, silu_and_mul, write_kv
 
 __all__ = [
     "available", "build_seconds", "decode_attention", "paged_attention", "rms_norm", "rotary_embedding",

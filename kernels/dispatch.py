@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 
-from kernels import reference
+from pagebatch.kernels import reference
 
 BACKENDS = ("auto", "torch", "triton", "cpu")
 
@@ -39,7 +39,7 @@ def check_choice(choice: str) -> str:
 @lru_cache(maxsize=1)
 def _triton_backend() -> KernelBackend | None:
     try:
-        from kernels import triton_ops
+        from pagebatch.kernels import triton_ops
     except ImportError:
         return None
     return KernelBackend("triton", triton_ops, supports_cuda_graphs=True)
@@ -47,7 +47,7 @@ def _triton_backend() -> KernelBackend | None:
 
 @lru_cache(maxsize=1)
 def _cpu_backend() -> KernelBackend:
-    from kernels import cpu_attention
+    from pagebatch.kernels import cpu_attention
 
     return KernelBackend("cpu", cpu_attention, supports_cuda_graphs=False) if cpu_attention.available() else TORCH
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.metadata import AttentionMetadata
+from pagebatch.kernels.metadata import AttentionMetadata
 
 
 def rms_norm(

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.metadata import AttentionMetadata
-from kernels.triton_attention_reduce import choose_num_splits, plan_partitions, reduce_splits
+from pagebatch.kernels.metadata import AttentionMetadata
+from pagebatch.kernels.triton_attention_reduce import choose_num_splits, plan_partitions, reduce_splits
 
 _LOG2E = 1.4426950408889634
 

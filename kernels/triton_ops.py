@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from kernels.metadata import AttentionMetadata
-from kernels.triton_activation import silu_and_mul
-from kernels.triton_attention import paged_attention_fwd
-from kernels.triton_kv_write import write_kv
-from kernels.triton_norm import rms_norm
-from kernels.triton_rotary import rotary_embedding
+from pagebatch.kernels.metadata import AttentionMetadata
+from pagebatch.kernels.triton_activation import silu_and_mul
+from pagebatch.kernels.triton_attention import paged_attention_fwd
+from pagebatch.kernels.triton_kv_write import write_kv
+from pagebatch.kernels.triton_norm import rms_norm
+from pagebatch.kernels.triton_rotary import rotary_embedding
 
 __all__ = ["paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "write_kv"]
 

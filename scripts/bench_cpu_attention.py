@@ -29,19 +29,16 @@ impls: ref         kernels.reference.paged_attention (padded index_select gather
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.runner import zeroed_pool  # noqa: E402
-from kernels import cpu_attention, reference  # noqa: E402
-from kernels.metadata import AttentionMetadata  # noqa: E402
+from pagebatch.engine.runner import zeroed_pool  # noqa: E402
+from pagebatch.kernels import cpu_attention, reference
+from pagebatch.kernels.metadata import AttentionMetadata  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMOLLM2 = {"layers": 30, "heads": 9, "kv_heads": 3, "head_dim": 64, "hidden": 576, "intermediate": 1536, "vocab": 49152}

@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_llamacpp import LlamaServer  # noqa: E402
@@ -54,9 +53,10 @@ from bench_workloads import (  # noqa: E402
     decode_budget, decode_steps, fill_engine, fixed_length_prompts, pagebatch_run, schema_valid, smollm2_dir,
     static_run, summarize_workload, sync, synthetic_requests, synthetic_workload, without_attention, workload_flops,
 )
-from engine import LLM, SamplingParams  # noqa: E402
-from engine.make_model import make_checkpoint, sizes_for  # noqa: E402
-from engine.models import ModelSpec, load_hf_config  # noqa: E402
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.make_model import make_checkpoint, sizes_for  # noqa: E402
+from pagebatch.engine.models import ModelSpec, load_hf_config  # noqa: E402
 
 
 def workload(num_prompts: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -226,7 +226,7 @@ def _decoding(w: Workload, prompts: list[list[int]], max_tokens: int) -> Workloa
 # -- bf16 against fp32 decode steps -------------------------------------------------------------------------------
 def dtype_sweep(w: Workload, device: str, kernels: str, batches: list[int], context: int, rounds: int) -> None:
     """Decode step time at each batch size in float32 and bfloat16 (two engines, alternated, best of rounds)."""
-    from engine.dtypes import cpu_has_native_bf16
+    from pagebatch.engine.dtypes import cpu_has_native_bf16
 
     steps = 4
     growth = steps * rounds * len(batches)
@@ -264,7 +264,7 @@ def dtype_sweep(w: Workload, device: str, kernels: str, batches: list[int], cont
 def structured(w: Workload, device: str, dtype: str, kernels: str, rounds: int, max_tokens: int) -> None:
     """Tokens/s of the same prompts with a JSON schema and without (each request then generating as many tokens
     as its schema answer had, EOS ignored, so both sides run the same steps), alternated, best of rounds."""
-    from engine.structured import GrammarSpec
+    from pagebatch.engine.structured import GrammarSpec
 
     llm = build_llm(_decoding(w, w.prompts, max_tokens), device, dtype, kernels)
     spec = GrammarSpec("json_schema", json.dumps(STRUCTURED_SCHEMA), source="response_format")

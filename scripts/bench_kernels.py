@@ -13,15 +13,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import reference  # noqa: E402
-from kernels.metadata import AttentionMetadata  # noqa: E402
+from pagebatch.kernels import reference
+from pagebatch.kernels.metadata import AttentionMetadata  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -82,7 +80,7 @@ def report(name: str, triton_ms: float, torch_ms: float, err: float | None = Non
 
 
 def bench_attention(ops: object, args: argparse.Namespace, dtype: torch.dtype) -> None:
-    from kernels.triton_attention import paged_attention_fwd
+    from pagebatch.kernels.triton_attention import paged_attention_fwd
 
     h, hkv, d = args.heads, args.kv_heads, args.head_dim
     scale = d**-0.5
@@ -139,7 +137,7 @@ def bench_elementwise(ops: object, args: argparse.Namespace, dtype: torch.dtype)
 def smoke() -> None:
     """Tiny correctness check of every op through Triton's CPU interpreter."""
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of the kernel modules
-    from kernels import triton_ops
+    from pagebatch.kernels import triton_ops
 
     q, kc, vc, meta, _, _ = paged_batch([(37, 37), (20, 1), (30, 6)], 4, 2, 32, 8, torch.float32, "cpu")
     errors = {"paged_attention": triton_ops.paged_attention(q, kc, vc, meta, 0.2) - reference.paged_attention(q, kc, vc, meta, 0.2)}
@@ -176,7 +174,7 @@ def main() -> int:
         if args.smoke:
             smoke()
         return 0
-    from kernels import triton_ops
+    from pagebatch.kernels import triton_ops
 
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]

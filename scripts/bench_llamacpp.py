@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench_service import free_port
 from bench_workloads import Run, Workload
-from engine.models.gguf import MARKER
+from pagebatch.engine.models.gguf import MARKER
 
 GGUF_TYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 

@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def pagebatch_cmd() -> list[str]:
     exe = shutil.which("pagebatch")
-    return [exe] if exe else [sys.executable, "-m", "jobs.commands.cli"]
+    return [exe] if exe else [sys.executable, "-m", "pagebatch.jobs.commands.cli"]
 
 
 def write_workload(path: Path, model: str, requests: int, max_tokens: int) -> None:

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SCHEMA = {
     "type": "object",
@@ -224,16 +223,12 @@ def load_tokenizer(which: str):
     from transformers import AutoTokenizer
 
     if which == "smollm2":
-        import importlib.util
+        from pagebatch.engine.models.gguf import convert_gguf
+        from pagebatch.jobs.commands.smollm2 import fetch_smollm2
 
-        spec = importlib.util.spec_from_file_location("fetch_smollm2", ROOT / "scripts" / "fetch_smollm2.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        from engine.models.gguf import convert_gguf
-
-        path = convert_gguf(module.fetch_smollm2())
+        path = convert_gguf(fetch_smollm2())
     else:
-        from engine.make_model import make_checkpoint
+        from pagebatch.engine.make_model import make_checkpoint
 
         path = make_checkpoint(Path(tempfile.mkdtemp(prefix="bench-structured-")) / "llama", "llama")
     tok = AutoTokenizer.from_pretrained(path)
@@ -358,7 +353,7 @@ def bench(which: str, rounds: int, batch: int, threads: int) -> None:
 
     applies = {"xgrammar CPU kernel": lambda lg: libs["xgrammar"].apply(lg, allowed)}
     try:
-        from engine.structured import apply_bitmask
+        from pagebatch.engine.structured import apply_bitmask
     except ImportError:
         apply_bitmask = None
     if apply_bitmask is not None:
@@ -377,7 +372,7 @@ def bench(which: str, rounds: int, batch: int, threads: int) -> None:
         assert torch.equal(a, b), "engine.structured.apply_bitmask disagrees with xgrammar's kernel"
 
     if apply_bitmask is not None:  # the whole step as the sampler will run it: engine/structured.py on llguidance
-        from engine.structured import GrammarCompiler, GrammarSpec, apply_masks
+        from pagebatch.engine.structured import GrammarCompiler, GrammarSpec, apply_masks
 
         compiler = GrammarCompiler(tok, vocab, eos)
         spec = GrammarSpec("json_schema", specs["json_schema"])
@@ -405,8 +400,8 @@ def bench(which: str, rounds: int, batch: int, threads: int) -> None:
           f"   ratio {x[0] / l[0]:6.2f}")
 
     # the label path: today's trie + list mask against a choice grammar, 256 rows at the first token
-    from engine.choices import ChoiceState, ChoiceTrie
-    from engine.sampler import apply_allowed_tokens
+    from pagebatch.engine.choices import ChoiceState, ChoiceTrie
+    from pagebatch.engine.sampler import apply_allowed_tokens
 
     labels_json = [json.dumps(x) for x in LABELS]
     trie = ChoiceTrie([tok(c, add_special_tokens=False)["input_ids"] for c in labels_json])

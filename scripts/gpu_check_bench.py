@@ -68,7 +68,7 @@ def grow_layers(path: Path, num_layers: int, device: str, seed: int = 0) -> None
 
 
 def make_model(dest: Path, arch: str, shape: dict, dtype: str, device: str, grow: bool) -> dict:
-    from engine.make_model import make_checkpoint
+    from pagebatch.engine.make_model import make_checkpoint
 
     want = dict(arch=arch, shape=shape, dtype=dtype, grow=grow)
     ready = dest / "READY.json"

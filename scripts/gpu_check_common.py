@@ -1,6 +1,6 @@
 """Shared pieces of scripts/gpu_check.py: section records, sizes, timing and engine construction.
 
-Only the engine's public API (``from engine import ...``), ``engine.make_model`` and the kernels'
+Only the engine's public API (``pagebatch.engine.llm`` and friends), ``pagebatch.engine.make_model`` and the kernels'
 public functions are used here; anything deeper is read best-effort with getattr and reported as
 unknown when it has moved.
 """
@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "scripts")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
 
 # Every section the report carries, in the order the summary prints them.
 SECTIONS = (
@@ -210,7 +209,7 @@ def time_fn(fn: Callable[[], object], device: str, min_s: float = 0.05) -> float
 # -- the engine, through its public API -----------------------------------------------------------------
 
 def engine_fields() -> set[str]:
-    from engine import EngineConfig
+    from pagebatch.engine.config import EngineConfig
 
     return {f.name for f in dataclasses.fields(EngineConfig)}
 
@@ -235,7 +234,7 @@ def make_llm(path, kernels: str | None = None, **options):
 
     Options EngineConfig no longer has are dropped (and logged) rather than failing the run.
     """
-    from engine import LLM
+    from pagebatch.engine.llm import LLM
 
     fields = engine_fields()
     for key in [k for k in options if k not in fields]:
@@ -280,7 +279,7 @@ def kernel_backend(llm) -> str | None:
 
 
 def greedy(max_tokens: int, **kw):
-    from engine import SamplingParams
+    from pagebatch.engine.sampling_params import SamplingParams
 
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kw)
 

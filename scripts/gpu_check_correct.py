@@ -70,7 +70,7 @@ class Correctness:
         self.engine_tokens: dict[tuple[str, str], list] = {}
 
     def checkpoint(self, arch: str) -> Path:
-        from engine.make_model import make_checkpoint
+        from pagebatch.engine.make_model import make_checkpoint
 
         if arch not in self.checkpoints:
             self.checkpoints[arch] = make_checkpoint(self.workdir / f"parity-{arch}", arch, **self.p["parity_shape"])

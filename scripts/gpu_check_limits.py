@@ -45,7 +45,7 @@ def matmul_peak(sec: Section, p: dict, device: str) -> None:
 
 def kernel_ops(device: str):
     """(ops module, backend name): the Triton kernels on CUDA, the torch references elsewhere."""
-    import kernels
+    from pagebatch.kernels import dispatch as kernels
 
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     choice = "triton" if device_type == "cuda" else "torch"

@@ -5,10 +5,10 @@
 #
 # Only what the engine and the check import that the GPU image lacks: structlog (pure Python, py3-none-any).
 # The image already has torch, triton, transformers, tokenizers, safetensors, jinja2, tqdm, numpy and pytest;
-# never carry those or their dependencies: the device command installs into /tmp/site, first on PYTHONPATH,
-# where they would shadow the image's CUDA builds. The device command (carry: [".whl"]):
+# never carry those or their dependencies: the device command installs them into a site directory first on
+# PYTHONPATH, where they would shadow the image's CUDA builds. The device command (carry: [".whl"]):
 #
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; python3 scripts/gpu_check.py --out $OUT
+#   bash scripts/gpu_check.sh --out $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=(structlog==26.1.0 "$@")

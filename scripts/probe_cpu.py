@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "lm_head": (49152, 576)}
@@ -61,7 +60,7 @@ def matmuls(rows: list[int], rounds: int) -> None:
 
 def profile_prefill(num_prompts: int) -> None:
     from bench_workloads import build_llm, smollm2_dir, summarize_workload
-    from engine import SamplingParams
+    from pagebatch.engine.sampling_params import SamplingParams
 
     w = summarize_workload(smollm2_dir(), max(num_prompts, 4), 0)
     llm = build_llm(w, "cpu", "float32")

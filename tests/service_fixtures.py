@@ -123,7 +123,7 @@ class Process:
 
     def start(self) -> "Process":
         exe = shutil.which("pagebatch")
-        cmd = [exe] if exe else [sys.executable, "-m", "jobs.commands.cli"]
+        cmd = [exe] if exe else [sys.executable, "-m", "pagebatch.jobs.commands.cli"]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd + self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
@@ -235,7 +235,7 @@ def moto_s3() -> Iterator[S3]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from engine.make_model import make_checkpoint
+    from pagebatch.engine.make_model import make_checkpoint
 
     return make_checkpoint(tmp_path_factory.mktemp("models") / "tiny-llama", "llama")
 

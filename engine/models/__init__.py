@@ -1,7 +1,7 @@
 """Model definitions and checkpoint loading."""
-from engine.models.decoder import DecoderModel
-from engine.models.loader import load_hf_config, load_model, resolve_checkpoint
-from engine.models.spec import SUPPORTED_ARCHITECTURES, CheckpointError, ModelSpec
+from pagebatch.engine.models.decoder import DecoderModel
+from pagebatch.engine.models.loader import load_hf_config, load_model, resolve_checkpoint
+from pagebatch.engine.models.spec import SUPPORTED_ARCHITECTURES, CheckpointError, ModelSpec
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",

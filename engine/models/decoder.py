@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.models.spec import ModelSpec
-from kernels import AttentionMetadata, KernelBackend, select_backend
+from pagebatch.engine.models.spec import ModelSpec
+from pagebatch.kernels.metadata import AttentionMetadata
+from pagebatch.kernels.dispatch import KernelBackend, select_backend
 
 
 @dataclass

@@ -4,7 +4,7 @@ transformers dequantizes the GGUF's tensors to float32 (a Q4_1 or Q8_0 weight is
 directory it becomes holds config.json, model.safetensors, the tokenizer (with the GGUF's chat template) and
 generation_config.json, and is cached under
 
-    <cache_dir>/<key>/<stem>/        cache_dir: default_gguf_cache_dir(), ~/.cache/pagebatch/gguf
+    <cache_dir>/<key>/<stem>/        cache_dir: default_gguf_cache_dir(), $PAGEBATCH_CACHE_DIR/gguf
                                      key: a hash of the file's name, size and mtime, CONVERT_VERSION and transformers' version
                                      stem: the file's name less .gguf, so the engine's default model name is the stem
 
@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.models.spec import CheckpointError
+from pagebatch.engine.cache import cache_root
+from pagebatch.engine.models.spec import CheckpointError
 
 CONVERT_VERSION = 1  # bump when the conversion's output changes; old cache entries are then left unused
 MARKER = "pagebatch-gguf.json"  # written last inside the entry, so its presence means a complete conversion
-INSTALL_HINT = "reading GGUF checkpoints needs the gguf and accelerate packages: install pagebatch[gguf] (pip install 'pagebatch[gguf]')"
+INSTALL_HINT = "reading GGUF checkpoints needs the gguf and accelerate packages, which pagebatch depends on: reinstall pagebatch (pip install -c constraints.txt -e .) or pip install gguf accelerate"
 STALE_TMP_S = 24 * 3600
 
 
@@ -36,7 +37,7 @@ def is_gguf(path: Path) -> bool:
 
 
 def default_gguf_cache_dir() -> Path:
-    return Path.home() / ".cache" / "pagebatch" / "gguf"
+    return cache_root() / "gguf"
 
 
 def gguf_cache_key(file: Path) -> str:

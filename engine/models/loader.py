@@ -7,15 +7,15 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine.models.decoder import DecoderModel, LayerWeights
-from engine.models.spec import CheckpointError, ModelSpec
+from pagebatch.engine.models.decoder import DecoderModel, LayerWeights
+from pagebatch.engine.models.spec import CheckpointError, ModelSpec
 
 
 def resolve_checkpoint(model: str, cache_dir: str | Path | None = None) -> Path:
     """A local directory as is; a .gguf file converted (once, cached) into a checkpoint directory under
-    cache_dir (default ~/.cache/pagebatch/gguf, see engine.models.gguf); anything else is tried as a
+    cache_dir (default $PAGEBATCH_CACHE_DIR/gguf, see engine.models.gguf); anything else is tried as a
     Hugging Face hub id (needs the network)."""
-    from engine.models.gguf import convert_gguf, is_gguf
+    from pagebatch.engine.models.gguf import convert_gguf, is_gguf
 
     path = Path(model).expanduser()
     if path.is_dir():

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from jobs.batch import lifecycle
-from jobs.batch.lifecycle import Event
-from jobs.batch.merge import MergedCounts, Source, merge_results
-from jobs.batch.schema import BatchRecord
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.lifecycle import Event
+from pagebatch.jobs.batch.merge import MergedCounts, Source, merge_results
+from pagebatch.jobs.batch.schema import BatchRecord
 
 RESULT_KINDS: tuple[str, ...] = ("output", "errors", "usage")
 

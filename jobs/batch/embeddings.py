@@ -14,10 +14,10 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.pooling import PoolingParams
+from pagebatch.engine.pooling import PoolingParams
 
-from jobs.batch.requests import LineError, check_parameters
-from jobs.batch.responses import combined_output
+from pagebatch.jobs.batch.requests import LineError, check_parameters
+from pagebatch.jobs.batch.responses import combined_output
 
 EMBEDDINGS = "/v1/embeddings"
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per request

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from jobs.batch.results import ShardResult, UsageTotals
+from pagebatch.jobs.batch.results import ShardResult, UsageTotals
 
 Source = tuple[int, Callable[[], ShardResult]]  # (the first input line it may hold, how to load it)
 KINDS = ("output", "errors", "usage")

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from engine.sampling_params import SamplingParams
-from jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -6,11 +6,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from engine import RequestMetrics
+from pagebatch.engine.outputs import RequestMetrics
 
-from jobs.batch.ids import LineIds
-from jobs.batch.requests import CHAT, LineError
-from jobs.batch.responses_api import RESPONSES, response_object
+from pagebatch.jobs.batch.ids import LineIds
+from pagebatch.jobs.batch.requests import CHAT, LineError
+from pagebatch.jobs.batch.responses_api import RESPONSES, response_object
 
 
 def response_body(endpoint: str, model: str, output: Any | Sequence[Any], response_id: str,

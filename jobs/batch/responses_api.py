@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from jobs.batch.requests import CHAT, EngineRequest, LineError, check_parameters, to_engine_request
+from pagebatch.jobs.batch.requests import CHAT, EngineRequest, LineError, check_parameters, to_engine_request
 
 RESPONSES = "/v1/responses"
 _ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "text", "metadata")

@@ -5,10 +5,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.batch.ids import LineIds
-from jobs.batch.responses import batch_error_line, request_error_line
-from jobs.batch.schema import BatchUsage, UsageRecord
-from jobs.batch.validate import RejectedLine, ValidLine
+from pagebatch.jobs.batch.ids import LineIds
+from pagebatch.jobs.batch.responses import batch_error_line, request_error_line
+from pagebatch.jobs.batch.schema import BatchUsage, UsageRecord
+from pagebatch.jobs.batch.validate import RejectedLine, ValidLine
 
 
 # Characters that str.splitlines() and other line splitters break on but JSON leaves unescaped.

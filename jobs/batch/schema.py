@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from jobs.batch.lifecycle import BatchStatus
+from pagebatch.jobs.batch.lifecycle import BatchStatus
 
 ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from engine.structured import MAX_SCHEMA_DEPTH, MAX_SPEC_CHARS, GrammarSpec, check, check_depth
+from pagebatch.engine.structured import MAX_SCHEMA_DEPTH, MAX_SPEC_CHARS, GrammarSpec, check, check_depth
 
 MAX_LABELS = 1024
 MAX_LABEL_CHARS = 512

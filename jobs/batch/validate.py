@@ -9,9 +9,9 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from jobs.batch.embeddings import EMBEDDINGS, EmbeddingRequest, to_embedding_request
-from jobs.batch.requests import EngineRequest, LineError
-from jobs.batch.responses_api import parse_body
+from pagebatch.jobs.batch.embeddings import EMBEDDINGS, EmbeddingRequest, to_embedding_request
+from pagebatch.jobs.batch.requests import EngineRequest, LineError
+from pagebatch.jobs.batch.responses_api import parse_body
 
 MAX_CUSTOM_ID = 512
 

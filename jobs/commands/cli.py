@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.batch.schema import ENDPOINTS
-from jobs.commands.engine_flags import add_engine_flags, argv_of, options_of
+from pagebatch.jobs.batch.schema import ENDPOINTS
+from pagebatch.jobs.commands.engine_flags import add_engine_flags, argv_of, options_of
 
 
 def _cmd_make_model(args: argparse.Namespace) -> int:
-    from engine.make_model import make_checkpoint, sizes_for
+    from pagebatch.engine.make_model import make_checkpoint, sizes_for
 
     sizes = sizes_for(args.preset)
     if args.vocab_size:
@@ -22,15 +22,20 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jobs.commands.demo import demo_model, write_demo_input
-    from jobs.commands.local_run import run_local
-    from jobs.engine_host import served_name
-    from jobs.logs import configure_logging
-    from jobs.settings import get_settings
+    from pagebatch.jobs.commands.demo import demo_model, write_demo_input
+    from pagebatch.jobs.commands.local_run import run_local
+    from pagebatch.jobs.engine_host import served_name
+    from pagebatch.jobs.logs import configure_logging
+    from pagebatch.jobs.settings import get_settings
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    model = args.model or str(demo_model(settings.cache_dir))
+    if args.model:
+        model = args.model
+    else:
+        demo = demo_model(settings.cache_dir)
+        model = str(demo.path)
+        print(f"no --model given: using {demo.description}")
     out = Path(args.out)
     if args.input:
         input_path = Path(args.input)
@@ -61,14 +66,14 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
     # By import string: nothing under jobs/ imports api/.
     # log_config=None: uvicorn's lines go through our handler (create_app configures it), JSON like ours.
-    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+    uvicorn.run("pagebatch.api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level, access_log=False, log_config=None)
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from jobs.settings import get_settings
-    from jobs.worker.process import run_worker
+    from pagebatch.jobs.settings import get_settings
+    from pagebatch.jobs.worker.process import run_worker
 
     return run_worker(get_settings(), args.model, args.served_model_name, args.concurrency, options_of(args))
 
@@ -79,13 +84,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import threading
     from collections import Counter
 
-    from jobs.logs import configure_logging
-    from jobs.pipeline.inbox_poll import watch
-    from jobs.pipeline.trigger_events import Outcome, TriggerOptions
-    from jobs.pipeline.trigger_start import SourceUnavailable
-    from jobs.services import Services
-    from jobs.settings import get_settings
-    from jobs.store.storage import parse_s3_url
+    from pagebatch.jobs.logs import configure_logging
+    from pagebatch.jobs.pipeline.inbox_poll import watch
+    from pagebatch.jobs.pipeline.trigger_events import Outcome, TriggerOptions
+    from pagebatch.jobs.pipeline.trigger_start import SourceUnavailable
+    from pagebatch.jobs.services import Services
+    from pagebatch.jobs.settings import get_settings
+    from pagebatch.jobs.store.storage import parse_s3_url
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -128,13 +133,18 @@ def _cmd_standalone(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from jobs.commands.demo import demo_model
-    from jobs.commands.standalone import StandaloneError, StandalonePlan, run_standalone
-    from jobs.engine_host import served_name
-    from jobs.settings import get_settings
+    from pagebatch.jobs.commands.demo import demo_model
+    from pagebatch.jobs.commands.standalone import StandaloneError, StandalonePlan, run_standalone
+    from pagebatch.jobs.engine_host import served_name
+    from pagebatch.jobs.settings import get_settings
 
     settings = get_settings()
-    model = str(Path(args.model).resolve()) if args.model else str(demo_model(settings.cache_dir))
+    if args.model:
+        model = str(Path(args.model).resolve())
+    else:
+        demo = demo_model(settings.cache_dir)
+        model = str(demo.path)
+        print(f"no --model given: serving {demo.description}")
     plan = StandalonePlan(model=model, model_name=served_name(model, args.served_model_name), host=args.host,
                           port=args.port,
                           worker_args=["--concurrency", str(args.concurrency), *argv_of(args)],

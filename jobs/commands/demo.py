@@ -1,9 +1,13 @@
 """The embedded default for `pagebatch run`: a tiny random-weight model and a small demo batch."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+
+from pagebatch.jobs.commands import smollm2
 
 DEMO_MODEL = "pagebatch-demo"
 _DOCS = [
@@ -16,18 +20,35 @@ _DOCS = [
 ]
 
 
-REAL_DEMO_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"  # what scripts/fetch_smollm2.py puts in the cache
+@dataclass(frozen=True)
+class DemoModel:
+    path: Path
+    description: str  # what `pagebatch run` prints about it
 
 
-def demo_model(cache_dir: Path) -> Path:
-    """SmolLM2-135M-Instruct when `python scripts/fetch_smollm2.py` has fetched it (real sentences), else the
-    tiny random-weight model (made on first use, in a second; its text is noise)."""
-    real = cache_dir / REAL_DEMO_MODEL
-    return real if real.is_file() else ensure_demo_model(cache_dir)
+def gguf_readable() -> bool:
+    """Whether this environment can read a GGUF file (the packages transformers needs for it import)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("gguf", "accelerate"))
+
+
+def demo_model(cache_dir: Path) -> DemoModel:
+    """SmolLM2-135M-Instruct when `python scripts/fetch_smollm2.py` has fetched it and this environment can
+    read it (real sentences), else the tiny random-weight model (made on first use, in a second; its text is
+    noise). The demo works in every environment: a fetched model that cannot be read is passed over, with the
+    reason in the description."""
+    real = smollm2.default_dest(cache_dir)
+    if smollm2.is_fetched(cache_dir):
+        if gguf_readable():
+            return DemoModel(real, f"SmolLM2-135M-Instruct ({real})")
+        reason = f"{real.name} is fetched but this environment cannot read GGUF files (pip install gguf accelerate)"
+    else:
+        reason = "for real sentences: python scripts/fetch_smollm2.py, then run this again"
+    tiny = ensure_demo_model(cache_dir)
+    return DemoModel(tiny, f"the tiny random-weight demo model ({tiny}; its answers are noise: {reason})")
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
-    from engine.make_model import make_checkpoint
+    from pagebatch.engine.make_model import make_checkpoint
 
     path = cache_dir / DEMO_MODEL
     if not (path / "config.json").exists():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, get_type_hints
 
-from jobs.engine_host import EngineOptions, option_fields
+from pagebatch.jobs.engine_host import EngineOptions, option_fields
 
 
 def _flag(name: str, default: Any) -> str:

@@ -15,18 +15,18 @@ from pathlib import Path
 import structlog
 from tqdm import tqdm
 
-from jobs.batch import lifecycle
-from jobs.batch.conclusion import RESULT_KINDS, conclude, write_result_files
-from jobs.batch.ids import new_batch_id
-from jobs.batch.lifecycle import Event
-from jobs.batch.requests import CHAT
-from jobs.batch.merge import MergedCounts, loaded
-from jobs.batch.results import RequestContext, ShardResult
-from jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, BatchRecord
-from jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
-from jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
-from jobs.pipeline.execute import execute
-from jobs.settings import Settings
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.conclusion import RESULT_KINDS, conclude, write_result_files
+from pagebatch.jobs.batch.ids import new_batch_id
+from pagebatch.jobs.batch.lifecycle import Event
+from pagebatch.jobs.batch.requests import CHAT
+from pagebatch.jobs.batch.merge import MergedCounts, loaded
+from pagebatch.jobs.batch.results import RequestContext, ShardResult
+from pagebatch.jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, BatchRecord
+from pagebatch.jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
+from pagebatch.jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
+from pagebatch.jobs.pipeline.execute import execute
+from pagebatch.jobs.settings import Settings
 
 LOCAL_TENANT = "local"
 # Engine requests in flight per engine slot: enough that the scheduler always finds its next requests

@@ -24,10 +24,10 @@ from typing import Any
 
 import redis
 
-from jobs.logs import configure_logging, get_logger
-from jobs.commands.procs import Child, spawn, stop_all
-from jobs.settings import Settings
-from jobs.store.registry import live_workers
+from pagebatch.jobs.logs import configure_logging, get_logger
+from pagebatch.jobs.commands.procs import Child, spawn, stop_all
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store.registry import live_workers
 
 log = get_logger(__name__)
 
@@ -85,7 +85,7 @@ def _free_port() -> int:
 
 
 def _pagebatch(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.commands.cli", *args]
+    return [sys.executable, "-m", "pagebatch.jobs.commands.cli", *args]
 
 
 def start_redis(binary: str, workdir: Path, persist: bool, env: dict[str, str], stop: _Stop) -> tuple[Child, str]:

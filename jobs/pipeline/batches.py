@@ -4,13 +4,13 @@ from __future__ import annotations
 import re
 import time
 
-from jobs.batch import lifecycle
-from jobs.batch.ids import is_valid_id, new_batch_id
-from jobs.batch.lifecycle import Event
-from jobs.batch.schema import ENDPOINTS, BatchRecord
-from jobs.errors import ErrorKind, JobError
-from jobs.logs import get_logger
-from jobs.services import Services
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.ids import is_valid_id, new_batch_id
+from pagebatch.jobs.batch.lifecycle import Event
+from pagebatch.jobs.batch.schema import ENDPOINTS, BatchRecord
+from pagebatch.jobs.errors import ErrorKind, JobError
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.services import Services
 
 log = get_logger(__name__)
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")

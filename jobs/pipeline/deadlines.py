@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 
-from jobs.batch.lifecycle import BatchStatus, Event
-from jobs.batch.results import RequestContext, ShardResult
-from jobs.batch.schema import BatchRecord
-from jobs.logs import get_logger
-from jobs.pipeline.execute import STOP_MESSAGES
-from jobs.pipeline.finalize import PREPARE_SHARD, finalize_batch, load_manifest
-from jobs.pipeline.shard import read_shard_input
-from jobs.pipeline.webhooks import enqueue as enqueue_webhook
-from jobs.services import Services
-from jobs.store import keys, layout
+from pagebatch.jobs.batch.lifecycle import BatchStatus, Event
+from pagebatch.jobs.batch.results import RequestContext, ShardResult
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.execute import STOP_MESSAGES
+from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, finalize_batch, load_manifest
+from pagebatch.jobs.pipeline.shard import read_shard_input
+from pagebatch.jobs.pipeline.webhooks import enqueue as enqueue_webhook
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import keys, layout
 
 log = get_logger(__name__)
 SWEEPER = "deadline-sweep"  # the "worker" usage records of lines closed here name

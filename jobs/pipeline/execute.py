@@ -10,16 +10,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine import EngineDeadError, SamplingParams
+from pagebatch.engine.loop import EngineDeadError
+from pagebatch.engine.sampling_params import SamplingParams
 
-from jobs.batch.embeddings import EMBEDDINGS, embedding_error, embeddings_body, embeddings_usage
-from jobs.batch.ids import LineIds
-from jobs.batch.requests import CHAT, LineError
-from jobs.batch.responses import batch_error_line, combined_output, output_line, request_error_line, response_body
-from jobs.batch.results import RequestContext, ShardResult, usage_record
-from jobs.batch.validate import ValidLine
-from jobs.engine_host import EngineHandle
-from jobs.logs import get_logger
+from pagebatch.jobs.batch.embeddings import EMBEDDINGS, embedding_error, embeddings_body, embeddings_usage
+from pagebatch.jobs.batch.ids import LineIds
+from pagebatch.jobs.batch.requests import CHAT, LineError
+from pagebatch.jobs.batch.responses import batch_error_line, combined_output, output_line, request_error_line, response_body
+from pagebatch.jobs.batch.results import RequestContext, ShardResult, usage_record
+from pagebatch.jobs.batch.validate import ValidLine
+from pagebatch.jobs.engine_host import EngineHandle
+from pagebatch.jobs.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -10,20 +10,20 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from jobs.batch import lifecycle
-from jobs.batch.conclusion import conclude, result_paths, write_result_files
-from jobs.batch.ids import derived_file_id
-from jobs.batch.lifecycle import BatchStatus, Event
-from jobs.batch.manifest import Manifest
-from jobs.batch.merge import Source
-from jobs.batch.results import ShardResult
-from jobs.batch.schema import BatchRecord
-from jobs.logs import get_logger
-from jobs.pipeline.outbox import publish as publish_outbox
-from jobs.pipeline.webhooks import enqueue as enqueue_webhook
-from jobs.services import Services
-from jobs.store import layout
-from jobs.store.storage import NotFound
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.conclusion import conclude, result_paths, write_result_files
+from pagebatch.jobs.batch.ids import derived_file_id
+from pagebatch.jobs.batch.lifecycle import BatchStatus, Event
+from pagebatch.jobs.batch.manifest import Manifest
+from pagebatch.jobs.batch.merge import Source
+from pagebatch.jobs.batch.results import ShardResult
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.outbox import publish as publish_outbox
+from pagebatch.jobs.pipeline.webhooks import enqueue as enqueue_webhook
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import layout
+from pagebatch.jobs.store.storage import NotFound
 
 log = get_logger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
-from jobs.logs import get_logger
-from jobs.pipeline.trigger_events import ObjectRef, Outcome, TriggerOptions, normalize_etag, object_problem
-from jobs.pipeline.trigger_start import SourceUnavailable, start_object
-from jobs.services import Services
-from jobs.store.storage import bucket_storage, parse_s3_url
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.trigger_events import ObjectRef, Outcome, TriggerOptions, normalize_etag, object_problem
+from pagebatch.jobs.pipeline.trigger_start import SourceUnavailable, start_object
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.storage import bucket_storage, parse_s3_url
 
 log = get_logger(__name__)
 

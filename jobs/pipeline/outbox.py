@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import tempfile
 
-from jobs.batch import lifecycle
-from jobs.batch.schema import BatchRecord
-from jobs.logs import get_logger
-from jobs.services import Services
-from jobs.store.storage import bucket_storage, parse_s3_url
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.storage import bucket_storage, parse_s3_url
 
 log = get_logger(__name__)
 _FILES = (("output_file_id", "output.jsonl"), ("error_file_id", "errors.jsonl"), ("usage_file_id", "usage.jsonl"))

@@ -1,19 +1,19 @@
 """First step of a batch: validate the input file, write shards per model, then start them."""
 from __future__ import annotations
 
-from jobs.batch.lifecycle import BatchStatus, Event
-from jobs.batch.manifest import Manifest, ShardPlan
-from jobs.batch.results import RequestContext, ShardResult
-from jobs.batch.schema import BatchError, BatchErrors, BatchRecord
-from jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
-from jobs.logs import get_logger
-from jobs.pipeline.finalize import PREPARE_SHARD, finish_shard, load_manifest
-from jobs.pipeline.outbox import publish_best_effort as publish_outbox
-from jobs.pipeline.webhooks import enqueue_best_effort as enqueue_webhook
-from jobs.services import Services
-from jobs.store import layout
-from jobs.store.registry import known_models
-from jobs.store.storage import NotFound
+from pagebatch.jobs.batch.lifecycle import BatchStatus, Event
+from pagebatch.jobs.batch.manifest import Manifest, ShardPlan
+from pagebatch.jobs.batch.results import RequestContext, ShardResult
+from pagebatch.jobs.batch.schema import BatchError, BatchErrors, BatchRecord
+from pagebatch.jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, finish_shard, load_manifest
+from pagebatch.jobs.pipeline.outbox import publish_best_effort as publish_outbox
+from pagebatch.jobs.pipeline.webhooks import enqueue_best_effort as enqueue_webhook
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import layout
+from pagebatch.jobs.store.registry import known_models
+from pagebatch.jobs.store.storage import NotFound
 
 log = get_logger(__name__)
 

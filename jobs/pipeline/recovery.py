@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 
-from jobs.batch import lifecycle
-from jobs.batch.lifecycle import BatchStatus
-from jobs.batch.results import ShardResult
-from jobs.logs import get_logger
-from jobs.pipeline.finalize import PREPARE_SHARD, load_manifest, maybe_finalize
-from jobs.pipeline.prepare import dispatch_undone
-from jobs.services import Services
-from jobs.store import keys, layout
-from jobs.store.storage import NotFound
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.lifecycle import BatchStatus
+from pagebatch.jobs.batch.results import ShardResult
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, load_manifest, maybe_finalize
+from pagebatch.jobs.pipeline.prepare import dispatch_undone
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import keys, layout
+from pagebatch.jobs.store.storage import NotFound
 
 log = get_logger(__name__)
 

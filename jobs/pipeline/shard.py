@@ -6,17 +6,17 @@ import time
 import redis
 import structlog
 
-from jobs.batch import lifecycle
-from jobs.batch.lifecycle import BatchStatus
-from jobs.batch.results import RequestContext, ShardResult
-from jobs.batch.validate import ValidLine
-from jobs.engine_host import EngineHandle
-from jobs.logs import get_logger
-from jobs.pipeline.execute import execute
-from jobs.pipeline.finalize import finish_shard
-from jobs.retry import through_outages
-from jobs.services import Services
-from jobs.store import layout
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.lifecycle import BatchStatus
+from pagebatch.jobs.batch.results import RequestContext, ShardResult
+from pagebatch.jobs.batch.validate import ValidLine
+from pagebatch.jobs.engine_host import EngineHandle
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.execute import execute
+from pagebatch.jobs.pipeline.finalize import finish_shard
+from pagebatch.jobs.retry import through_outages
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import layout
 
 log = get_logger(__name__)
 

@@ -5,12 +5,12 @@ their window or cancelled that no worker is running (deadlines), and delete expi
 """
 from __future__ import annotations
 
-from jobs.pipeline.deadlines import enforce_deadlines
-from jobs.pipeline.recovery import sweep as restore_lost_batches
-from jobs.services import Services
-from jobs.store import keys
-from jobs.store.queues import SHARD_TASK
-from jobs.store.registry import known_models
+from pagebatch.jobs.pipeline.deadlines import enforce_deadlines
+from pagebatch.jobs.pipeline.recovery import sweep as restore_lost_batches
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import keys
+from pagebatch.jobs.store.queues import SHARD_TASK
+from pagebatch.jobs.store.registry import known_models
 
 UNSENT_AFTER_S = 30.0  # a shard released to the broker but not sent by then: its releaser died
 LOST_AFTER_S = 30.0  # a shard sent this long ago with no message queued or delivered: the broker lost it

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from jobs.batch.requests import CHAT
-from jobs.errors import ErrorKind, JobError
-from jobs.store.storage import is_bucket_name
+from pagebatch.jobs.batch.requests import CHAT
+from pagebatch.jobs.errors import ErrorKind, JobError
+from pagebatch.jobs.store.storage import is_bucket_name
 
 
 MAX_RECORDS = 100  # AWS sends one record per notification, MinIO a handful

@@ -10,11 +10,11 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from jobs.batch.ids import new_batch_id
-from jobs.errors import ErrorKind, JobError
-from jobs.logs import get_logger
-from jobs.pipeline.batches import create_batch
-from jobs.pipeline.trigger_events import (
+from pagebatch.jobs.batch.ids import new_batch_id
+from pagebatch.jobs.errors import ErrorKind, JobError
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.batches import create_batch
+from pagebatch.jobs.pipeline.trigger_events import (
     ObjectRef,
     Outcome,
     TriggerOptions,
@@ -26,9 +26,9 @@ from jobs.pipeline.trigger_events import (
     parse_event,
     source_url,
 )
-from jobs.services import Services
-from jobs.store.claims import Claim, TriggerClaims, claim_id
-from jobs.store.storage import bucket_storage
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.claims import Claim, TriggerClaims, claim_id
+from pagebatch.jobs.store.storage import bucket_storage
 
 log = get_logger(__name__)
 _RETRYABLE_CODES = {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"}

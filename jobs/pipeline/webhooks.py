@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
-from jobs.batch.lifecycle import BatchStatus
-from jobs.batch.schema import BatchRecord
-from jobs.logs import get_logger
-from jobs.services import Services
-from jobs.store.webhook_outbox import Delivery, WebhookOutbox
+from pagebatch.jobs.batch.lifecycle import BatchStatus
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.webhook_outbox import Delivery, WebhookOutbox
 
 log = get_logger(__name__)
 

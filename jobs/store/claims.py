@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import redis
 
-from jobs.store import keys, layout
-from jobs.store.storage import NotFound, Storage
+from pagebatch.jobs.store import keys, layout
+from pagebatch.jobs.store.storage import NotFound, Storage
 
 
 class _Handles(Protocol):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from jobs.store import keys
+from pagebatch.jobs.store import keys
 
 # KEYS: tenants ring, waiting set, in-flight hash, the batch's shard list, the tenant's batch ring.
 # ARGV: tenant, batch id, then ("batch|index", index, lines) triplets.

@@ -11,11 +11,11 @@ from typing import BinaryIO, get_args
 
 import redis
 
-from jobs.batch.ids import is_valid_id, new_file_id
-from jobs.batch.schema import FilePurpose, FileRecord
-from jobs.store import keys, layout
-from jobs.store.listing import TenantListing
-from jobs.store.storage import NotFound, Storage
+from pagebatch.jobs.batch.ids import is_valid_id, new_file_id
+from pagebatch.jobs.batch.schema import FilePurpose, FileRecord
+from pagebatch.jobs.store import keys, layout
+from pagebatch.jobs.store.listing import TenantListing
+from pagebatch.jobs.store.storage import NotFound, Storage
 
 PURPOSES: tuple[str, ...] = get_args(FilePurpose)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from jobs.store import keys
+from pagebatch.jobs.store import keys
 
 ORDERS = ("desc", "asc")  # desc: newest first (the API's default)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import redis
 
-from jobs.batch.lifecycle import ACTIVE, TERMINAL
-from jobs.store import keys
+from pagebatch.jobs.batch.lifecycle import ACTIVE, TERMINAL
+from pagebatch.jobs.store import keys
 
 # Batch requests wait in queues for minutes, so the buckets reach an hour.
 LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

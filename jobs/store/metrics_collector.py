@@ -11,8 +11,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from jobs.store import metrics as store
-from jobs.store.registry import known_models
+from pagebatch.jobs.store import metrics as store
+from pagebatch.jobs.store.registry import known_models
 
 # EngineStats field -> (metric name, help); one series per worker.
 _ENGINE_GAUGES = {

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 import redis
 from celery import Celery
 
-from jobs.settings import Settings
-from jobs.store.fair_queue import FairQueue
-from jobs.store.keys import CONTROL_QUEUE, UNACKED_INDEX, model_queue
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store.fair_queue import FairQueue
+from pagebatch.jobs.store.keys import CONTROL_QUEUE, UNACKED_INDEX, model_queue
 
 PREPARE_TASK = "pagebatch.prepare"
 SHARD_TASK = "pagebatch.run_shard"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import redis
 
-from jobs.store import keys
+from pagebatch.jobs.store import keys
 
 
 def register_model(client: redis.Redis, name: str, worker: str, ttl_s: int) -> None:

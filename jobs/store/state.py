@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from jobs.batch import lifecycle
-from jobs.batch.lifecycle import Event
-from jobs.batch.schema import BatchRecord, RequestCounts
-from jobs.store import keys, layout
-from jobs.store.listing import TenantListing
-from jobs.store.metrics import record_status
-from jobs.store.storage import NotFound, Storage
+from pagebatch.jobs.batch import lifecycle
+from pagebatch.jobs.batch.lifecycle import Event
+from pagebatch.jobs.batch.schema import BatchRecord, RequestCounts
+from pagebatch.jobs.store import keys, layout
+from pagebatch.jobs.store.listing import TenantListing
+from pagebatch.jobs.store.metrics import record_status
+from pagebatch.jobs.store.storage import NotFound, Storage
 
 _MARK_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end

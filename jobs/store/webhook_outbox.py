@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from jobs.store import keys
+from pagebatch.jobs.store import keys
 
 _NOW_MS = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 

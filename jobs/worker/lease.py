@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from celery import signals
 
-from jobs.store.keys import UNACKED_INDEX
+from pagebatch.jobs.store.keys import UNACKED_INDEX
 
 
 class LeaseKeeper:

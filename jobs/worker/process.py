@@ -10,20 +10,20 @@ from typing import Any
 import redis
 from celery import signals
 
-from jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
-from jobs.logs import configure_logging, get_logger
-from jobs.periodic import Periodic
-from jobs.pipeline.sweeper import sweep_once_per_interval
-from jobs.pipeline.webhooks import WebhookSender
-from jobs.services import Services
-from jobs.settings import Settings
-from jobs.store.keys import CONTROL_QUEUE, model_queue
-from jobs.store.metrics import LatencyBuffer
-from jobs.store.queues import create_celery
-from jobs.store.registry import forget_worker, register_model
-from jobs.worker.lease import LeaseKeeper
-from jobs.worker.tasks import WorkerRuntime, register_tasks
-from jobs.worker.telemetry import ObservedLoop, TelemetryPublisher
+from pagebatch.jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
+from pagebatch.jobs.logs import configure_logging, get_logger
+from pagebatch.jobs.periodic import Periodic
+from pagebatch.jobs.pipeline.sweeper import sweep_once_per_interval
+from pagebatch.jobs.pipeline.webhooks import WebhookSender
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store.keys import CONTROL_QUEUE, model_queue
+from pagebatch.jobs.store.metrics import LatencyBuffer
+from pagebatch.jobs.store.queues import create_celery
+from pagebatch.jobs.store.registry import forget_worker, register_model
+from pagebatch.jobs.worker.lease import LeaseKeeper
+from pagebatch.jobs.worker.tasks import WorkerRuntime, register_tasks
+from pagebatch.jobs.worker.telemetry import ObservedLoop, TelemetryPublisher
 
 log = get_logger(__name__)
 HEARTBEAT_S = 5.0

@@ -7,14 +7,14 @@ from typing import Any
 import structlog
 from celery import Celery, Task, signals
 
-from jobs.engine_host import EngineHandle
-from jobs.logs import get_logger
-from jobs.pipeline.finalize import finalize_batch
-from jobs.pipeline.prepare import fail_batch, prepare_batch
-from jobs.pipeline.shard import run_shard
-from jobs.retry import through_outages
-from jobs.services import Services
-from jobs.store.queues import FINALIZE_TASK, PREPARE_TASK, SHARD_TASK
+from pagebatch.jobs.engine_host import EngineHandle
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.finalize import finalize_batch
+from pagebatch.jobs.pipeline.prepare import fail_batch, prepare_batch
+from pagebatch.jobs.pipeline.shard import run_shard
+from pagebatch.jobs.retry import through_outages
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.queues import FINALIZE_TASK, PREPARE_TASK, SHARD_TASK
 
 log = get_logger(__name__)
 MAX_PREPARE_RETRIES = 10

@@ -7,9 +7,9 @@ from typing import Any
 
 import redis
 
-from jobs.engine_host import EngineHandle
-from jobs.logs import get_logger
-from jobs.store.metrics import LatencyBuffer, publish_snapshot, remove_snapshot
+from pagebatch.jobs.engine_host import EngineHandle
+from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.store.metrics import LatencyBuffer, publish_snapshot, remove_snapshot
 
 log = get_logger(__name__)
 

@@ -6,8 +6,9 @@ import struct
 import pytest
 from openai.types import CreateEmbeddingResponse
 
-from engine import LLM, PoolingParams
-from engine.make_model import make_checkpoint
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.make_model import make_checkpoint
 from tests.batch_helpers import chat_line, read_jsonl, submit, wait_status
 
 TEXTS = ["The delivery was fast.", "The box arrived damaged.", "Support never answered."]

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from engine import LLM, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
 from tests.batch_helpers import chat_line, completion_line, read_jsonl, submit, wait_status
 
 LABELS = ["positive", "negative", "neutral"]

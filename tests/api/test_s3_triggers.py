@@ -161,7 +161,7 @@ def test_a_tenant_cannot_start_batches_on_a_bucket_it_does_not_own(stack, moto_s
 
 def watch_once(stack, url):
     exe = shutil.which("pagebatch")
-    cmd = [exe] if exe else [sys.executable, "-m", "jobs.commands.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "pagebatch.jobs.commands.cli"]
     done = subprocess.run([*cmd, "watch", url, "--once", "--tenant", f"tenant-{TENANT}", "--model", stack.model],
                           env=stack.env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -4,9 +4,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from api.app import create_app
-from jobs.settings import Settings
-from jobs.store.storage import bucket_storage
+from pagebatch.api.app import create_app
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store.storage import bucket_storage
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 

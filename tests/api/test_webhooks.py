@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from openai import OpenAI
 
-from jobs.pipeline.webhooks import verify
+from pagebatch.jobs.pipeline.webhooks import verify
 from tests.batch_helpers import chat_line, submit, upload, wait_status
 from tests.jobs.test_webhooks import SECRET, Receiver
 from tests.service_fixtures import wait_for

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from engine.make_model import make_checkpoint
+from pagebatch.engine.make_model import make_checkpoint
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -6,7 +6,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from engine.make_model import make_checkpoint
+from pagebatch.engine.make_model import make_checkpoint
 
 # Base models (``<Family>Model``, embeddings only), each with the pooling its files describe (None: no
 # sentence-transformers description, so last-token pooling, normalized).

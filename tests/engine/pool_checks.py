@@ -1,8 +1,8 @@
 """Consistency checks of the KV block pool against the requests that hold blocks (for tests)."""
 from __future__ import annotations
 
-from engine.block_manager import BlockManager
-from engine.request import Request
+from pagebatch.engine.block_manager import BlockManager
+from pagebatch.engine.request import Request
 
 
 def check_invariants(blocks: BlockManager, live: list[Request]) -> None:

@@ -1,7 +1,8 @@
 """A bad request fails alone with a clear message; the rest of the batch finishes."""
 import pytest
 
-from engine import LLM, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
 
 GOOD = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
 

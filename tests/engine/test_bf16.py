@@ -35,9 +35,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine import dtypes
-from engine.dtypes import cpu_has_native_bf16, resolve_dtype
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine import dtypes
+from pagebatch.engine.dtypes import cpu_has_native_bf16, resolve_dtype
 from tests.engine.parity import Reference, mixed_prompts, transformers_greedy
 
 QUESTIONS = [

@@ -4,7 +4,8 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from engine import LLM, CheckpointError
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.models import CheckpointError
 
 
 def _copy(src, dst):
@@ -58,7 +59,7 @@ def test_corrupt_weights(checkpoint_dir, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_runs(checkpoint_dir, dtype):
-    from engine import SamplingParams
+    from pagebatch.engine.sampling_params import SamplingParams
 
     llm = LLM(checkpoint_dir("qwen2"), dtype=dtype, device="cpu")
     out = llm.generate(["hello there"] * 3, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))

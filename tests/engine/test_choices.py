@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from engine import LLM, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
 
 LABELS = ["positive", "negative", "neutral", "pos"]
 

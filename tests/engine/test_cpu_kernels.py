@@ -1,8 +1,9 @@
 """The engine with kernels="cpu" (the C++ decode attention) matches transformers' greedy tokens."""
 import pytest
 
-from engine import LLM, SamplingParams
-from kernels import cpu_attention, dispatch
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.kernels import cpu_attention, dispatch
 from tests.engine.parity import compare_greedy, mixed_prompts, transformers_greedy
 
 pytestmark = pytest.mark.skipif(not cpu_attention.available(), reason="the CPU attention kernel could not be built")

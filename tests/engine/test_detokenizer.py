@@ -3,7 +3,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from engine.detokenizer import IncrementalDetokenizer
+from pagebatch.engine.detokenizer import IncrementalDetokenizer
 
 TEXTS = ["hello café naïve", "東京 数据 模型 😀🚀", "price: 12 € ± 3 ¥ ✓✓", "über résumé!! 北京"]
 

@@ -3,7 +3,9 @@ the prefix cache, and their KV blocks freed as soon as they finish."""
 import pytest
 import torch
 
-from engine import LLM, PoolingParams, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.sampling_params import SamplingParams
 from tests.engine.embedding_helpers import cosine, make_embedding_checkpoint, token_prompts, transformers_embeddings
 from tests.engine.pool_checks import check_invariants
 

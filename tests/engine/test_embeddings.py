@@ -2,7 +2,12 @@
 import pytest
 import torch
 
-from engine import LLM, EngineConfig, EngineLoop, LLMEngine, PoolingParams, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.loop import EngineLoop
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.engine.pooling import PoolingParams
+from pagebatch.engine.sampling_params import SamplingParams
 from tests.engine.embedding_helpers import (
     EMBEDDING_VARIANTS, cosine, make_embedding_checkpoint, token_prompts, transformers_embeddings,
 )

@@ -11,10 +11,12 @@ import warnings
 import pytest
 from safetensors import safe_open
 
-from engine import LLM, CheckpointError, SamplingParams
-from engine.models import gguf as gguf_module
-from engine.models.gguf import MARKER, convert_gguf, converted_gguf_dir
-from engine.models.loader import resolve_checkpoint
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.models import CheckpointError
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.models import gguf as gguf_module
+from pagebatch.engine.models.gguf import MARKER, convert_gguf, converted_gguf_dir
+from pagebatch.engine.models.loader import resolve_checkpoint
 from tests.engine.parity import compare_greedy, transformers_greedy
 
 pytestmark = pytest.mark.slow

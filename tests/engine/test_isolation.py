@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine import EngineConfig, EngineDeadError, EngineLoop, LLMEngine, SamplingParams
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.loop import EngineDeadError, EngineLoop
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.engine.sampling_params import SamplingParams
 from tests.engine.pool_checks import check_invariants
 
 PROMPTS = [f"document {i}: the price was {'good' if i % 2 else 'bad'} " * (1 + i % 4) for i in range(7)]

@@ -5,7 +5,7 @@ import gc
 
 import torch
 
-from engine.runner import zeroed_pool
+from pagebatch.engine.runner import zeroed_pool
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,10 @@ import time
 
 import pytest
 
-from engine import EngineConfig, EngineLoop, LLMEngine, SamplingParams
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.loop import EngineLoop
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.engine.sampling_params import SamplingParams
 
 
 @pytest.fixture()
@@ -15,7 +18,7 @@ def loop(checkpoint_dir):
 
 
 def test_requests_from_many_threads_all_finish_with_engine_results(loop, checkpoint_dir):
-    from engine import LLM
+    from pagebatch.engine.llm import LLM
 
     prompts = [f"document {i}: " + "the review was good " * (i % 7) for i in range(48)]
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
@@ -77,7 +80,7 @@ def test_close_aborts_what_is_left(checkpoint_dir):
 
 def test_padded_decode_path_matches_unpadded(checkpoint_dir):
     """The CUDA-graph decode path's padding (scratch block, ladder sizes) run eagerly on CPU."""
-    from engine import LLM
+    from pagebatch.engine.llm import LLM
 
     prompts = [f"line {i} " * (1 + i) for i in range(11)]  # 11 sequences pad up to 16
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)

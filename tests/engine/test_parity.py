@@ -4,7 +4,8 @@ import warnings
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
 from tests.engine.pool_checks import check_invariants
 from tests.engine.parity import NEAR_TIE, compare_greedy, mixed_prompts, transformers_greedy
 

@@ -9,10 +9,14 @@ import threading
 import pytest
 import torch
 
-from engine import LLM, EngineConfig, EngineLoop, LLMEngine, SamplingParams
-from engine.inputs import PromptProcessor
-from engine.request import Request
-from engine.sampler import sample
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.loop import EngineLoop
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.inputs import PromptProcessor
+from pagebatch.engine.request import Request
+from pagebatch.engine.sampler import sample
 from tests.engine.pool_checks import check_invariants
 
 MAX_MODEL_LEN = 128

@@ -1,4 +1,5 @@
-from engine import LLM, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
 
 PARAMS = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
 

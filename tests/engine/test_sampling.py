@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")

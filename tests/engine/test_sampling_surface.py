@@ -3,8 +3,9 @@ OpenAI's rule that prompt + max_tokens must fit the context."""
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine.sampler import apply_logits_adjustments
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.sampler import apply_logits_adjustments
 
 MAX_MODEL_LEN = 256
 PROMPT = "the batch model token prompt cache"

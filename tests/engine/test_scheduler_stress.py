@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from engine.block_manager import BlockManager
-from engine.request import Request
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
+from pagebatch.engine.block_manager import BlockManager
+from pagebatch.engine.request import Request
+from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.scheduler import Scheduler
 from tests.engine.pool_checks import check_invariants
 
 
@@ -104,7 +104,7 @@ def test_fully_cached_prompt_still_computes_its_last_token():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_update_owns_progress_and_frees_finished_and_failed_requests(seed):
     """The engine's path: schedule -> (tokens for the sampled rows) -> update; some rows fail."""
-    from engine.sampler import SampledToken
+    from pagebatch.engine.sampler import SampledToken
 
     rng = random.Random(seed)
     blocks = BlockManager(24, block_size=4)

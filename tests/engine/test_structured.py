@@ -12,9 +12,7 @@ import re
 import pytest
 import torch
 
-pytest.importorskip("llguidance")
-
-from engine.structured import (  # noqa: E402
+from pagebatch.engine.structured import (
     MAX_SPEC_CHARS,
     GrammarCompiler,
     GrammarSpec,
@@ -24,7 +22,7 @@ from engine.structured import (  # noqa: E402
     check,
     fill_masks,
 )
-from engine.structured_mask import _banned_numpy, _banned_torch  # noqa: E402
+from pagebatch.engine.structured_mask import _banned_numpy, _banned_torch
 
 # bounded strings, integers and arrays: every path through it ends within a few dozen tokens, even for a
 # random model that picks uniformly among the allowed tokens
@@ -48,7 +46,7 @@ CHOICES = ["yes", "no", "not sure"]
 
 
 def _validate(document, schema=SCHEMA) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     jsonschema.validate(document, schema)
 
 
@@ -353,27 +351,15 @@ def test_spec_survives_asdict_and_json():
 
 # -- through the engine (engine.LLM), once SamplingParams carries ``structured`` -------------------------------
 
-def _engine_wired() -> bool:
-    import dataclasses
-
-    from engine.sampling_params import SamplingParams
-
-    return any(f.name == "structured" for f in dataclasses.fields(SamplingParams))
-
-
-engine_wired = pytest.mark.skipif(not _engine_wired(), reason="SamplingParams has no structured field yet")
-
-
 @pytest.fixture(scope="module")
 def tiny_llm(checkpoint_dir):
-    from engine import LLM
+    from pagebatch.engine.llm import LLM
 
     return LLM(checkpoint_dir("llama"), dtype="float32", device="cpu")
 
 
-@engine_wired
 def test_engine_answers_validate_and_compile_once(tiny_llm, one_thread):
-    from engine import SamplingParams
+    from pagebatch.engine.sampling_params import SamplingParams
 
     prompts = [[{"role": "user", "content": p}] for p in PEOPLE]
     greedy = tiny_llm.generate(prompts, SamplingParams(temperature=0, max_tokens=128, structured=SCHEMA_SPEC))
@@ -387,9 +373,8 @@ def test_engine_answers_validate_and_compile_once(tiny_llm, one_thread):
     assert info["misses"] == 1 and info["hits"] >= 15
 
 
-@engine_wired
 def test_engine_mixes_grammar_label_and_free_rows(tiny_llm, one_thread):
-    from engine import SamplingParams
+    from pagebatch.engine.sampling_params import SamplingParams
 
     prompts = [[{"role": "user", "content": p}] for p in PEOPLE[:4]]
     params = [SamplingParams(temperature=0, max_tokens=32, structured=GrammarSpec("regex", REGEX)),
@@ -406,9 +391,8 @@ def test_engine_mixes_grammar_label_and_free_rows(tiny_llm, one_thread):
         assert isinstance(json.loads(outs[3].text), dict)
 
 
-@engine_wired
 def test_engine_refuses_a_bad_spec_alone(tiny_llm):
-    from engine import SamplingParams
+    from pagebatch.engine.sampling_params import SamplingParams
 
     bad = SamplingParams(max_tokens=8, structured=GrammarSpec("json_schema", '{"type": "strin"}', "response_format"))
     outs = tiny_llm.generate([[{"role": "user", "content": "x"}]] * 2, [bad, SamplingParams(max_tokens=4)])
@@ -416,9 +400,9 @@ def test_engine_refuses_a_bad_spec_alone(tiny_llm):
     assert outs[1].finish_reason == "length"
 
 
-@engine_wired
 def test_engine_smollm2_extraction(smollm2_dir, one_thread):
-    from engine import LLM, SamplingParams
+    from pagebatch.engine.llm import LLM
+    from pagebatch.engine.sampling_params import SamplingParams
 
     llm = LLM(str(smollm2_dir), dtype="float32", device="cpu")
     prompts = [[{"role": "user", "content": "Extract name, age, sentiment, active, tags and address.city as JSON: " + p}]

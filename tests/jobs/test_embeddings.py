@@ -6,12 +6,15 @@ import struct
 import pytest
 from openai.types import CreateEmbeddingResponse
 
-from engine import LLM, EngineConfig, EngineLoop, LLMEngine
-from jobs.batch.embeddings import EMBEDDINGS, MAX_INPUTS, EmbeddingRequest, to_embedding_request
-from jobs.batch.requests import LineError
-from jobs.batch.results import RequestContext
-from jobs.batch.validate import Limits, RejectedLine, ValidLine, check_lines
-from jobs.pipeline.execute import execute
+from pagebatch.engine.llm import LLM
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.loop import EngineLoop
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.jobs.batch.embeddings import EMBEDDINGS, MAX_INPUTS, EmbeddingRequest, to_embedding_request
+from pagebatch.jobs.batch.requests import LineError
+from pagebatch.jobs.batch.results import RequestContext
+from pagebatch.jobs.batch.validate import Limits, RejectedLine, ValidLine, check_lines
+from pagebatch.jobs.pipeline.execute import execute
 
 ENGINE = dict(dtype="float32", device="cpu", max_model_len=128, num_kv_blocks=64)
 

@@ -5,11 +5,13 @@ import threading
 
 import pytest
 
-from engine import EngineConfig, EngineLoop, LLMEngine
-from jobs.batch.requests import CHAT, to_engine_request
-from jobs.batch.results import RequestContext
-from jobs.batch.validate import ValidLine
-from jobs.pipeline.execute import execute
+from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.loop import EngineLoop
+from pagebatch.engine.engine import LLMEngine
+from pagebatch.jobs.batch.requests import CHAT, to_engine_request
+from pagebatch.jobs.batch.results import RequestContext
+from pagebatch.jobs.batch.validate import ValidLine
+from pagebatch.jobs.pipeline.execute import execute
 
 CTX = RequestContext("batch_w", "tenant-w", "w")
 

@@ -1,8 +1,8 @@
 """Fair dispatch on a real redis-server: round-robin between tenants and batches, a window, a per-tenant cap."""
 import pytest
 
-from jobs.store.fair_queue import FairQueue
-from jobs.store.state import connect
+from pagebatch.jobs.store.fair_queue import FairQueue
+from pagebatch.jobs.store.state import connect
 
 MODEL = "m"
 
@@ -77,9 +77,9 @@ def test_a_release_whose_sender_died_is_sent_again(client):
 
 def test_a_shard_message_the_broker_lost_is_sent_again(redis_server, client):
     """A broker that dies between popping a message and recording it unacked loses it: the sweep re-sends it."""
-    from jobs.settings import Settings
-    from jobs.store import keys
-    from jobs.store.queues import SHARD_TASK, Dispatcher, create_celery
+    from pagebatch.jobs.settings import Settings
+    from pagebatch.jobs.store import keys
+    from pagebatch.jobs.store.queues import SHARD_TASK, Dispatcher, create_celery
 
     settings = Settings(redis_url=redis_server.url.rsplit("/", 1)[0] + "/6", dispatch_window=4)
     dispatch = Dispatcher(create_celery(settings), client, settings)

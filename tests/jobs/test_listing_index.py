@@ -4,10 +4,10 @@ import time
 
 import pytest
 
-from jobs.batch.schema import BatchRecord
-from jobs.store.files import FileStore
-from jobs.store.state import BatchState, connect
-from jobs.store.storage import LocalStorage
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.store.files import FileStore
+from pagebatch.jobs.store.state import BatchState, connect
+from pagebatch.jobs.store.storage import LocalStorage
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from tests.batch_helpers import chat_line, jsonl
 
 def pagebatch(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 180):
     exe = shutil.which("pagebatch")
-    cmd = [exe] if exe else [sys.executable, "-m", "jobs.commands.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "pagebatch.jobs.commands.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEBATCH_")}
     env.update(env_extra or {})
     return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=timeout)

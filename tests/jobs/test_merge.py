@@ -3,8 +3,8 @@ import io
 import json
 import random
 
-from jobs.batch.merge import merge_results
-from jobs.batch.results import RequestContext, ShardResult, usage_record
+from pagebatch.jobs.batch.merge import merge_results
+from pagebatch.jobs.batch.results import RequestContext, ShardResult, usage_record
 
 CTX = RequestContext("batch_x", "t", "w")
 

@@ -3,9 +3,9 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
-from engine import RequestOutput, TokenLogprob, TopLogprob
-from jobs.batch.requests import CHAT, COMPLETIONS, LineError, to_engine_request
-from jobs.batch.responses import response_body
+from pagebatch.engine.outputs import RequestOutput, TokenLogprob, TopLogprob
+from pagebatch.jobs.batch.requests import CHAT, COMPLETIONS, LineError, to_engine_request
+from pagebatch.jobs.batch.responses import response_body
 
 
 def test_chat_body_maps_to_sampling_params():

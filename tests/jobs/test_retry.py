@@ -3,7 +3,7 @@ import pytest
 import redis
 from botocore.exceptions import ClientError
 
-from jobs.retry import through_outages
+from pagebatch.jobs.retry import through_outages
 
 
 def client_error(status: int, code: str) -> ClientError:

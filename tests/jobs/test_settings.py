@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from jobs.settings import Settings
+from pagebatch.jobs.settings import Settings
 
 
 def test_reads_the_environment(monkeypatch):
@@ -40,7 +40,7 @@ def test_trigger_settings(monkeypatch):
 
 
 def test_inbox_bucket_owners_exact_before_longest_prefix():
-    from jobs.settings import Settings
+    from pagebatch.jobs.settings import Settings
 
     settings = Settings(inbox_buckets="nightly=ops,team-*=teams,team-a*=a")
     assert settings.inbox_owner("nightly") == "ops"

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from jobs.store.storage import LocalStorage, NotFound, open_storage
+from pagebatch.jobs.store.storage import LocalStorage, NotFound, open_storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from engine.structured import MAX_SPEC_CHARS, GrammarSpec
-from jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
+from pagebatch.engine.structured import MAX_SPEC_CHARS, GrammarSpec
+from pagebatch.jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}
@@ -15,8 +15,6 @@ LABELS = ["positive", "negative", "neutral"]
 ENUM = {"type": "string", "enum": LABELS}
 JSON_LABELS = json.dumps(['"positive"', '"negative"', '"neutral"'])
 
-needs_llguidance = pytest.mark.skipif(pytest.importorskip("importlib.util").find_spec("llguidance") is None,
-                                      reason="grammar validation needs llguidance")
 
 
 def rf_schema(schema, **extra):
@@ -129,7 +127,6 @@ def test_bounds_on_size_and_nesting():
         parse_structured_outputs({"guided_regex": "a" * (MAX_SPEC_CHARS + 1)})
 
 
-@needs_llguidance
 @pytest.mark.parametrize("body, param, message", [
     ({"response_format": rf_schema({"type": "strin"})}, "response_format", "invalid JSON schema"),
     ({"response_format": rf_schema({"type": "array", "uniqueItems": True})}, "response_format", "uniqueItems"),

@@ -7,16 +7,16 @@ import threading
 
 import pytest
 
-from jobs.store import layout
-from jobs.store.claims import Claim, TriggerClaims, claim_id
-from jobs.pipeline.outbox import publish
-from jobs.batch.schema import BatchRecord
-from jobs.services import Services
-from jobs.settings import Settings
-from jobs.store.storage import bucket_storage
-from jobs.pipeline.inbox_poll import poll_once
-from jobs.pipeline.trigger_events import ObjectRef, TriggerOptions, normalize_etag
-from jobs.pipeline.trigger_start import start_object
+from pagebatch.jobs.store import layout
+from pagebatch.jobs.store.claims import Claim, TriggerClaims, claim_id
+from pagebatch.jobs.pipeline.outbox import publish
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store.storage import bucket_storage
+from pagebatch.jobs.pipeline.inbox_poll import poll_once
+from pagebatch.jobs.pipeline.trigger_events import ObjectRef, TriggerOptions, normalize_etag
+from pagebatch.jobs.pipeline.trigger_start import start_object
 from tests.batch_helpers import chat_line, jsonl
 
 OPTIONS = TriggerOptions(tenant="acme", model="tiny-llama")

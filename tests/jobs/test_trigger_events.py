@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jobs.pipeline.trigger_events import (
+from pagebatch.jobs.pipeline.trigger_events import (
     MAX_RECORDS,
     EventError,
     ObjectRef,

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines
+from pagebatch.jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines
 
 LIMITS = Limits(max_batch_bytes=10_000, max_batch_lines=5, max_line_bytes=2_000, default_max_tokens=16)
 CHAT = "/v1/chat/completions"

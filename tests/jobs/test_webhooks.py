@@ -16,13 +16,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from jobs.batch.schema import BatchRecord
-from jobs.pipeline import webhooks
-from jobs.pipeline.webhooks import WebhookSender, WebhookVerificationError, backoff_s, event_for, sign, verify
-from jobs.settings import Settings
-from jobs.store import keys
-from jobs.store.state import connect
-from jobs.store.webhook_outbox import Delivery, WebhookOutbox
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.pipeline import webhooks
+from pagebatch.jobs.pipeline.webhooks import WebhookSender, WebhookVerificationError, backoff_s, event_for, sign, verify
+from pagebatch.jobs.settings import Settings
+from pagebatch.jobs.store import keys
+from pagebatch.jobs.store.state import connect
+from pagebatch.jobs.store.webhook_outbox import Delivery, WebhookOutbox
 
 SECRET = "whsec_" + base64.b64encode(b"pagebatch test key, 32 bytes..!!").decode()
 

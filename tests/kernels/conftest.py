@@ -28,7 +28,7 @@ def device() -> str:
         return "cuda"
     from triton.runtime.interpreter import InterpretedFunction
 
-    from kernels import triton_norm
+    from pagebatch.kernels import triton_norm
 
     if not isinstance(triton_norm._rms_norm_kernel, InterpretedFunction):
         pytest.fail("kernels.triton_* were imported before TRITON_INTERPRET=1 was set; run tests/kernels on its own")

@@ -15,8 +15,8 @@ import logging
 import pytest
 import torch
 
-from kernels import cpu_attention, reference
-from kernels.metadata import AttentionMetadata
+from pagebatch.kernels import cpu_attention, reference
+from pagebatch.kernels.metadata import AttentionMetadata
 
 TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 K_POISON, V_POISON = 3.0, 50.0
@@ -193,7 +193,7 @@ def test_falls_back_to_reference_without_kernel(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cpu_attention, "_ext", None)
     monkeypatch.setattr(cpu_attention, "_failed", False)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", broken_load)
-    with caplog.at_level(logging.WARNING, logger="kernels.cpu_attention"):
+    with caplog.at_level(logging.WARNING, logger="pagebatch.kernels.cpu_attention"):
         assert not cpu_attention.available()
     assert "unavailable" in caplog.text and "no compiler here" in caplog.text
     q, k_cache, v_cache, meta = make_batch(MIXED, 9, 3, 64, 16, torch.float32)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.metadata import AttentionMetadata
-from kernels.triton_attention import paged_attention_fwd
-from kernels.triton_attention_reduce import choose_num_splits
+from pagebatch.kernels import reference
+from pagebatch.kernels.metadata import AttentionMetadata
+from pagebatch.kernels.triton_attention import paged_attention_fwd
+from pagebatch.kernels.triton_attention_reduce import choose_num_splits
 
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 K_POISON, V_POISON = 3.0, 50.0
@@ -149,7 +149,7 @@ def test_heuristic_splits_only_long_sparse_decodes() -> None:
 
 def test_public_entry_splits_long_decodes(device: str) -> None:
     """kernels.triton_ops.paged_attention takes the split-KV path for a few long decodes."""
-    from kernels import triton_ops
+    from pagebatch.kernels import triton_ops
 
     specs = [(700, 1), (530, 1)]
     q, k_cache, v_cache, meta, _, _ = make_batch(specs, 4, 1, 64, 16, torch.float16, device)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import cpu_attention
-from kernels import dispatch, reference, triton_ops
+from pagebatch.kernels import cpu_attention
+from pagebatch.kernels import dispatch, reference, triton_ops
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from kernels import reference, triton_ops
+from pagebatch.kernels import reference, triton_ops
 
 
 def test_engine_generates_the_same_tokens_with_triton_kernels(tmp_path: Path, device: str) -> None:
     """Whole-model check: chunked prefill beside decodes, GQA, qk-norm on strided views (qwen3)."""
-    from engine import LLM, SamplingParams
-    from engine.make_model import make_checkpoint
+    from pagebatch.engine.llm import LLM
+    from pagebatch.engine.sampling_params import SamplingParams
+    from pagebatch.engine.make_model import make_checkpoint
 
     model = make_checkpoint(tmp_path / "m", arch="qwen3", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
     prompts = ["the paged attention kernel serves a mixed batch", "short", "a third prompt, longer than the other two"]
@@ -37,8 +38,9 @@ def test_engine_generates_the_same_tokens_with_triton_kernels(tmp_path: Path, de
 )
 def test_engine_with_triton_matches_transformers(tmp_path_factory, device: str, options) -> None:
     """The parity check of tests/engine, on the Triton path, for a tiny model kept small for the interpreter."""
-    from engine import LLM, SamplingParams
-    from engine.make_model import make_checkpoint
+    from pagebatch.engine.llm import LLM
+    from pagebatch.engine.sampling_params import SamplingParams
+    from pagebatch.engine.make_model import make_checkpoint
     from tests.engine.parity import compare_greedy, transformers_greedy
 
     root = tmp_path_factory.getbasetemp() / "triton-parity-llama"
@@ -60,8 +62,9 @@ def test_engine_with_triton_matches_transformers(tmp_path_factory, device: str, 
 def test_padded_decode_graph_inputs_on_triton(tmp_path: Path, device: str) -> None:
     """The CUDA-graph decode path's inputs (padding rows on a scratch block, max_context_len = the model's
     context) through the Triton kernels, run eagerly: the same tokens as the unpadded engine."""
-    from engine import LLM, SamplingParams
-    from engine.make_model import make_checkpoint
+    from pagebatch.engine.llm import LLM
+    from pagebatch.engine.sampling_params import SamplingParams
+    from pagebatch.engine.make_model import make_checkpoint
 
     model = make_checkpoint(tmp_path / "m", arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                             max_position_embeddings=1024)

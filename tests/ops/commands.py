@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from jobs.commands.cli import build_parser
+from pagebatch.jobs.commands.cli import build_parser
 
 
 def parse_error(argv: list[str]) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from jobs.settings import Settings
+from pagebatch.jobs.settings import Settings
 from tests.ops.commands import parse_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def test_redis_keeps_its_data_and_never_evicts():
 
 
 def test_minio_sends_inbox_uploads_to_the_api(tmp_path):
-    from api.app import create_app
+    from pagebatch.api.app import create_app
 
     env = SERVICES["minio"]["environment"]
     targets = {k.removeprefix("MINIO_NOTIFY_WEBHOOK_ENABLE_") for k, v in env.items()

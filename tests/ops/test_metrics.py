@@ -81,7 +81,7 @@ def test_latencies_survive_a_failed_flush_and_count_once(redis_server):
     import pytest
     import redis
 
-    from jobs.store.metrics import LATENCY_BUCKETS, LatencyBuffer, read_latency
+    from pagebatch.jobs.store.metrics import LATENCY_BUCKETS, LatencyBuffer, read_latency
     from tests.service_fixtures import free_port
 
     model = "flush-test-model"

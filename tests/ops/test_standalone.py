@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs.store.registry import live_workers
+from pagebatch.jobs.store.registry import live_workers
 from tests.batch_helpers import chat_line, read_jsonl, submit, wait_status
 from tests.ops.procs import descendants, running
 from tests.service_fixtures import free_port, wait_for
@@ -26,7 +26,7 @@ READY = "pagebatch standalone is ready"
 
 def command(*args: str) -> list[str]:
     exe = shutil.which("pagebatch")
-    return ([exe] if exe else [sys.executable, "-m", "jobs.commands.cli"]) + list(args)
+    return ([exe] if exe else [sys.executable, "-m", "pagebatch.jobs.commands.cli"]) + list(args)
 
 
 def base_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -40,8 +40,8 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
 def kind(argv: list[str]) -> str:
     if argv and "redis-server" in argv[0]:  # redis rewrites its title: "/usr/bin/redis-server 127.0.0.1:PORT"
         return "redis"
-    if "jobs.commands.cli" in argv[:-1]:
-        return argv[argv.index("jobs.commands.cli") + 1]  # the subcommand: api / worker
+    if "pagebatch.jobs.commands.cli" in argv[:-1]:
+        return argv[argv.index("pagebatch.jobs.commands.cli") + 1]  # the subcommand: api / worker
     return " ".join(argv)
 
 
@@ -143,7 +143,7 @@ def test_logs_are_json_lines_with_batch_shard_and_request_ids(standalone_run):
     created = [r for r in records if r["event"] == "batch created"]
     assert created and created[0]["batch_id"] == batch_id and created[0]["request_id"]  # the HTTP request's id
 
-    shard_lines = [r for r in records if r["logger"] == "jobs.pipeline.shard"]
+    shard_lines = [r for r in records if r["logger"] == "pagebatch.jobs.pipeline.shard"]
     assert {r["event"] for r in shard_lines} >= {"shard started", "shard done"}
     assert all(r["batch_id"] == batch_id and isinstance(r["shard"], int) for r in shard_lines)
     assert {r["shard"] for r in shard_lines} == {0, 1, 2}  # 10 lines in shards of 4
@@ -179,7 +179,7 @@ def test_a_given_redis_is_used_and_a_hard_kill_leaves_no_process(tmp_path, tiny_
 
 def test_without_redis_server_the_error_says_what_to_install(tmp_path, tiny_model):
     env = base_env(tmp_path, PATH=str(tmp_path))  # no redis-server anywhere on PATH
-    done = subprocess.run([sys.executable, "-m", "jobs.commands.cli", "standalone", "--model", str(tiny_model)],
+    done = subprocess.run([sys.executable, "-m", "pagebatch.jobs.commands.cli", "standalone", "--model", str(tiny_model)],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "redis-server was not found on PATH" in done.stderr

@@ -23,17 +23,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def short(name: str) -> str:
+    """``pagebatch.jobs.settings`` as ``jobs.settings``; other modules' names unchanged (and then ignored)."""
+    return name.removeprefix("pagebatch.") if name.startswith("pagebatch.") else ""
+
+
 def project_imports(path: Path, known: set[str]) -> set[str]:
     """Modules of the project that ``path`` imports (``from pkg import mod`` counts as ``pkg.mod``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            found.update(short(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            module = short(node.module)
             for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                found.add(sub if sub in known else node.module)
+                sub = f"{module}.{alias.name}"
+                found.add(sub if sub in known else module)
     return {n for n in found if n.split(".")[0] in PACKAGES}
 
 
@@ -90,8 +96,8 @@ def test_no_import_cycles():
 
 
 def test_pagebatch_run_loads_neither_celery_nor_the_worker():
-    code = ("import sys; import jobs.commands.cli as c, jobs.commands.local_run; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'celery' or m.startswith('jobs.worker')))")
+    code = ("import sys; import pagebatch.jobs.commands.cli as c, pagebatch.jobs.commands.local_run; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'celery' or m.startswith('pagebatch.jobs.worker')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]", done.stdout
 

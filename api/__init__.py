@@ -1,1 +1,0 @@
-"""The thin REST API (OpenAI Batch API convention)."""

@@ -1,1 +1,0 @@
-"""The batch service: formats, storage, queues, worker, accounting, triggers, CLI."""
