@@ -148,11 +148,11 @@ def test_debris_entry_is_replaced(tmp_path, monkeypatch):
     assert convert_gguf(source, tmp_path / "cache") == target and (target / MARKER).is_file()
 
 
-def test_missing_gguf_package_names_the_extra(tmp_path, monkeypatch):
+def test_missing_gguf_package_says_how_to_install_it(tmp_path, monkeypatch):
     source = tmp_path / "tiny.gguf"
     source.write_bytes(b"GGUF fake")
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
-    with pytest.raises(CheckpointError, match=r"pagebatch\[gguf\]"):
+    with pytest.raises(CheckpointError, match=r"pip install gguf accelerate \(gguf is missing\)"):
         resolve_checkpoint(str(source), cache_dir=tmp_path / "cache")
 
 
