@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-API_KEYS = {f"key-{t}": f"tenant-{t}" for t in "abcdefghlsmov"}
+API_KEYS = {f"key-{t}": f"tenant-{t}" for t in "abcdefghlsmovijknpq"}
 STACK_LIMITS = {
     "PAGEBATCH_MAX_UPLOAD_BYTES": str(256 * 1024),
     "PAGEBATCH_MAX_BATCH_BYTES": str(128 * 1024),

@@ -99,8 +99,8 @@ def test_lines_read_while_the_batch_runs_are_the_final_files_byte_for_byte(big_s
 
 
 def test_results_of_an_ended_batch_page_through_its_files_in_order(stack):
-    client = stack.client("c")
-    api = httpx.Client(base_url=stack.base_url, headers={"Authorization": "Bearer key-c"}, timeout=30)
+    client = stack.client("k")
+    api = httpx.Client(base_url=stack.base_url, headers={"Authorization": "Bearer key-k"}, timeout=30)
     lines = [chat_line(f"r-{i}", stack.model, f"text {i}", max_tokens=3) for i in range(25)]
     lines += [chat_line("bad", "no-such-model"), "{not json"]
     batch = client.batches.create(input_file_id=upload(client, jsonl(lines)).id, endpoint="/v1/chat/completions",
@@ -125,7 +125,7 @@ def test_results_of_an_ended_batch_page_through_its_files_in_order(stack):
     assert again["output"] == again["errors"] == [] and again["complete"]
 
     # nothing of another tenant's batch, and a cursor this server never issued is refused
-    assert api.get(f"/batches/{batch.id}/results", headers={"Authorization": "Bearer key-d"}).status_code == 404
+    assert api.get(f"/batches/{batch.id}/results", headers={"Authorization": "Bearer key-j"}).status_code == 404
     bad = api.get(f"/batches/{batch.id}/results", params={"after": "not-a-cursor"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
     with api.stream("GET", f"/batches/{batch.id}/progress") as response:
