@@ -69,6 +69,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if batch.status == "completed" else 130
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pagebatch.jobs.commands.estimate import print_estimate, run_estimate
+    from pagebatch.jobs.logs import configure_logging
+    from pagebatch.jobs.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    path = Path(args.input)
+    if not path.is_file():
+        print(f"pagebatch estimate: no such input file: {path}", file=sys.stderr)
+        return 2
+    estimate = run_estimate(settings, path, args.model, name=args.served_model_name, endpoint=args.endpoint)
+    if estimate is None:
+        return 1
+    print_estimate(estimate, as_json=args.json)
+    return 0
+
+
 def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -191,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "again (without a journal there, start afresh)")
     add_engine_flags(run)
     run.set_defaults(func=_cmd_run)
+
+    est = sub.add_parser("estimate", help="validate and tokenize a batch file without running it: lines, errors, "
+                                          "prompt / cached / completion tokens, cost and an ETA")
+    est.add_argument("input", help="a JSONL batch file")
+    est.add_argument("--model", required=True, help="checkpoint directory or .gguf file (only its tokenizer is read)")
+    est.add_argument("--served-model-name", default=None,
+                     help="the name lines use for the model, and its workers serve it as (default: the checkpoint's)")
+    est.add_argument("--endpoint", default=None, choices=list(ENDPOINTS), help="default: the first line's url")
+    est.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    est.set_defaults(func=_cmd_estimate)
 
     api = sub.add_parser("api", help="serve the OpenAI-compatible Batch API")
     api.add_argument("--host", default="127.0.0.1")
