@@ -251,6 +251,7 @@ def stack_env(redis_server: RedisServer, s3: S3, bucket: str, **overrides: str) 
         "PAGEBATCH_SHARD_SIZE": "8",
         "PAGEBATCH_VISIBILITY_TIMEOUT": "10",
         "PAGEBATCH_POLL_INTERVAL_S": "0.2",
+        "PAGEBATCH_PROGRESS_INTERVAL_S": "0.3",
         "PAGEBATCH_SWEEP_INTERVAL_S": "1",
         "PAGEBATCH_LOG_FORMAT": "json",
         "OMP_NUM_THREADS": "1",

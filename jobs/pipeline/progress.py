@@ -24,6 +24,7 @@ from pagebatch.jobs.services import Services
 from pagebatch.jobs.store.storage import NotFound
 
 FIRST_ERRORS = 5
+_STAMPS = ("created", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 _SUMMARIES_KEPT = 4096
 
 Event = tuple[str, dict[str, Any]]  # (SSE event name, its data)
@@ -47,15 +48,16 @@ class ShardSummary:
             usage = json.loads(text)
             prompt, cached = prompt + usage["prompt_tokens"], cached + usage["cached_tokens"]
             completion += usage["completion_tokens"]
-        errors = tuple((line, describe_error(text)) for line, text in result.in_line_order("errors")[:FIRST_ERRORS])
+        errors = tuple((line, describe_error(text, line)) for line, text in result.in_line_order("errors")[:FIRST_ERRORS])
         return cls(result.completed, result.failed, prompt, cached, completion, errors)
 
 
-def describe_error(text: str) -> str:
-    """One error line as "custom_id: code: message"."""
-    line = json.loads(text)
-    error = line.get("error") or ((line.get("response") or {}).get("body") or {}).get("error") or {}
-    return f"{line.get('custom_id')}: {error.get('code')}: {error.get('message')}"
+def describe_error(text: str, line: int | None = None) -> str:
+    """One error line as "custom_id: code: message" (a line without a custom_id is named by its number)."""
+    row = json.loads(text)
+    error = row.get("error") or ((row.get("response") or {}).get("body") or {}).get("error") or {}
+    name = row.get("custom_id") or (f"line {line}" if line is not None else "a line without a custom_id")
+    return f"{name}: {error.get('code')}: {error.get('message')}"
 
 
 class _Summaries:
@@ -146,7 +148,8 @@ class ProgressWatch:
         running = record.status in (lifecycle.BatchStatus.VALIDATING, lifecycle.BatchStatus.IN_PROGRESS)
         eta = eta_seconds(counts.total - done_lines, rates.lines_per_s) if running and counts.total else None
         return {
-            "batch_id": record.id, "status": str(record.status),
+            "batch_id": record.id, "status": str(record.status), "model": record.model, "endpoint": record.endpoint,
+            **{f"{stamp}_at": getattr(record, f"{stamp}_at") for stamp in _STAMPS},
             "request_counts": counts.model_dump(),
             "shards_done": sum(1 for i in self.seen if i is not None) if not lifecycle.is_terminal(record.status)
             else record.num_shards or 0,
