@@ -133,3 +133,33 @@ def test_results_of_an_ended_batch_page_through_its_files_in_order(stack):
     assert [name for name, _ in ended] == ["progress"] and ended[0][1]["status"] == "completed"
     assert ended[0][1]["first_errors"][0].startswith("bad: model_not_found"), ended
     assert read_jsonl(client, batch.error_file_id)[0]["custom_id"] == "bad"
+
+
+def test_a_cancelled_batch_reads_to_the_end_of_its_files(stack):
+    client = stack.client("q")
+    api = httpx.Client(base_url=stack.base_url, headers={"Authorization": "Bearer key-q"}, timeout=30)
+    lines = [chat_line(f"short-{i}", stack.model, f"quick {i}", max_tokens=2) for i in range(16)]
+    lines += [chat_line(f"long-{i}", stack.model, f"ramble {i}", max_tokens=3500, ignore_eos=True) for i in range(16)]
+    batch = client.batches.create(input_file_id=upload(client, jsonl(lines)).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    output, errors, cursor = [], [], None
+
+    def read() -> dict:
+        nonlocal output, errors, cursor
+        page = api.get(f"/batches/{batch.id}/results", params={"after": cursor} if cursor else {}).json()
+        output, errors, cursor = output + page["output"], errors + page["errors"], page["cursor"]
+        return page
+
+    deadline = time.monotonic() + 60
+    while len(output) < 16:  # the short lines' shards finish while the long ones run
+        assert read()["status"] in ("validating", "in_progress") and time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    while not read()["complete"]:
+        assert time.monotonic() < deadline + 30, stack.logs()
+        time.sleep(0.2)
+    batch = client.batches.retrieve(batch.id)
+    assert batch.status == "cancelled"
+    assert Counter(output) == Counter(client.files.content(batch.output_file_id).text.splitlines())
+    assert Counter(errors) == Counter(client.files.content(batch.error_file_id).text.splitlines())
+    assert len(output) == 16 and len(errors) == 16
