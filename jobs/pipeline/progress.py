@@ -91,7 +91,8 @@ class ProgressWatch:
     svc: Services
     tenant: str
     batch_id: str
-    seen: dict[int | None, ShardSummary] = field(default_factory=dict)
+    # finished shards by index (None: the rejected lines); a summary is None when finalize removed the results first
+    seen: dict[int | None, ShardSummary | None] = field(default_factory=dict)
     last: dict[str, Any] | None = None
     rates: RateWindow | None = None
 
@@ -101,9 +102,9 @@ class ProgressWatch:
         if record is None:
             return [], False  # being restored after a Redis loss: the sweeper brings it back
         ended = lifecycle.is_terminal(record.status)
-        events: list[Event] = []
-        if not ended:
-            events += self._new_shards(record)
+        # shard events also on the poll that sees the end (the last shards may finish between two polls), but not for
+        # a stream opened after the end: that one gets the final snapshot alone
+        events = [] if ended and self.last is None else self._new_shards(record)
         snapshot = self._snapshot(record, now)
         if snapshot != self.last or ended:
             self.last = snapshot
@@ -112,18 +113,19 @@ class ProgressWatch:
 
     def _new_shards(self, record: BatchRecord) -> list[Event]:
         events = []
-        try:
-            finished = [s for s in finished_shards(self.svc, record) if s.index not in self.seen]
-            for shard in finished:
-                self.seen[shard.index] = _summaries.get(record.id, shard)
-        except NotFound:
-            return events  # finalize just cleaned up; the next poll sees the final record
-        for shard in finished:
+        for shard in finished_shards(self.svc, record):
+            if shard.index in self.seen:
+                continue
+            try:
+                summary: ShardSummary | None = _summaries.get(record.id, shard)
+            except NotFound:
+                summary = None  # finalize merged and removed it already: the final record has the totals
+            self.seen[shard.index] = summary
             if shard.index is None:
                 continue  # the rejected lines: counted in the snapshot, not a shard
-            summary = self.seen[shard.index]
             events.append(("shard", {"batch_id": record.id, "shard": shard.index, "lines": shard.lines,
-                                     "completed": summary.completed, "failed": summary.failed,
+                                     "completed": summary.completed if summary else None,
+                                     "failed": summary.failed if summary else None,
                                      "shards_done": sum(1 for i in self.seen if i is not None),
                                      "num_shards": record.num_shards}))
         return events
@@ -135,9 +137,10 @@ class ProgressWatch:
                      "cached_tokens": record.usage.input_tokens_details.cached_tokens,
                      "output_tokens": record.usage.output_tokens}
         else:
-            usage = {"input_tokens": sum(s.input_tokens for s in self.seen.values()),
-                     "cached_tokens": sum(s.cached_tokens for s in self.seen.values()),
-                     "output_tokens": sum(s.output_tokens for s in self.seen.values())}
+            summaries = [s for s in self.seen.values() if s is not None]
+            usage = {"input_tokens": sum(s.input_tokens for s in summaries),
+                     "cached_tokens": sum(s.cached_tokens for s in summaries),
+                     "output_tokens": sum(s.output_tokens for s in summaries)}
         done_lines = counts.completed + counts.failed
         if self.rates is None:
             self.rates = RateWindow(record.in_progress_at)
@@ -165,7 +168,7 @@ class ProgressWatch:
         }
 
     def _first_errors(self, record: BatchRecord) -> list[str]:
-        errors = sorted(e for s in self.seen.values() for e in s.errors)[:FIRST_ERRORS]
+        errors = sorted(e for s in self.seen.values() if s is not None for e in s.errors)[:FIRST_ERRORS]
         if not errors and lifecycle.is_terminal(record.status) and record.error_file_id:
             return first_errors_of_file(self.svc, record.tenant, record.error_file_id)
         return [text for _, text in errors]
