@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from pagebatch.api import batches, events, files, health, metrics
+from pagebatch.api import batches, estimates, events, files, health, metrics, progress, results, ui
 from pagebatch.api.errors import install_error_handlers
 from pagebatch.api.limits import BodySizeLimit
 from pagebatch.jobs.logs import configure_logging
@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(results.router)
+    app.include_router(progress.router)
+    app.include_router(estimates.router)
+    app.include_router(ui.router)
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

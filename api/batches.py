@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from pagebatch.api.deps import list_page, services, tenant
 from pagebatch.api.errors import not_found
+from pagebatch.api.idempotency import IdempotencyKey, idempotent
 from pagebatch.jobs.pipeline.batches import cancel_batch, create_batch, get_batch, list_batches
 from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.idempotency import fingerprint
 
 router = APIRouter(prefix="/v1/batches")
 Svc = Annotated[Services, Depends(services)]
@@ -25,11 +27,15 @@ class CreateBatch(BaseModel):
 
 
 @router.post("")
-def create(svc: Svc, owner: Tenant, body: CreateBatch) -> dict[str, Any]:
-    record = create_batch(svc, owner, input_file_id=body.input_file_id, endpoint=body.endpoint,
-                          completion_window=body.completion_window, metadata=body.metadata,
-                          output_expires_after=body.output_expires_after)
-    return record.public()
+def create(svc: Svc, owner: Tenant, body: CreateBatch, response: Response,
+           idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    def new_batch() -> dict[str, Any]:
+        return create_batch(svc, owner, input_file_id=body.input_file_id, endpoint=body.endpoint,
+                            completion_window=body.completion_window, metadata=body.metadata,
+                            output_expires_after=body.output_expires_after).public()
+
+    return idempotent(svc, owner, "batches", idempotency_key, fingerprint(body.model_dump_json()), new_batch,
+                      response)
 
 
 @router.get("")

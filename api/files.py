@@ -1,15 +1,18 @@
 """/v1/files: upload, list, retrieve, download and delete files (tenant-scoped)."""
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from pagebatch.api.deps import list_page, services, tenant
 from pagebatch.api.errors import APIError, not_found
+from pagebatch.api.idempotency import IdempotencyKey, idempotent
 from pagebatch.jobs.pipeline.batches import expires_after_seconds
 from pagebatch.jobs.services import Services
+from pagebatch.jobs.store.idempotency import fingerprint
 from pagebatch.jobs.store.storage import NotFound
 
 router = APIRouter(prefix="/v1/files")
@@ -19,8 +22,9 @@ Tenant = Annotated[str, Depends(tenant)]
 
 @router.post("")
 def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
-           anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
-           seconds: Annotated[str | None, Form(alias="expires_after[seconds]")] = None) -> dict[str, Any]:
+           response: Response, anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+           seconds: Annotated[str | None, Form(alias="expires_after[seconds]")] = None,
+           idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     if purpose != "batch":
         raise APIError(400, "purpose must be batch", param="purpose")
     expires = None if anchor is None and seconds is None else {"anchor": anchor, "seconds": seconds}
@@ -28,10 +32,24 @@ def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose
     size = file.size if file.size is not None else _measure(file)
     if size > svc.settings.max_upload_bytes:
         raise APIError(413, f"file larger than {svc.settings.max_upload_bytes} bytes", code="file_too_large")
+
+    def store() -> dict[str, Any]:
+        file.file.seek(0)
+        return svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size,
+                                expires_after_s=expires_after_s).public()
+
+    if idempotency_key is None:
+        return store()
+    request = fingerprint(purpose, file.filename or "", str(expires_after_s), _content_digest(file))
+    return idempotent(svc, owner, "files", idempotency_key, request, store, response)
+
+
+def _content_digest(file: UploadFile) -> str:
+    digest = hashlib.sha256()
     file.file.seek(0)
-    record = svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size,
-                              expires_after_s=expires_after_s)
-    return record.public()
+    while chunk := file.file.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _measure(file: UploadFile) -> int:

@@ -10,6 +10,7 @@ the steps of generation requests; they are prefilled, pooled and finished, never
 from __future__ import annotations
 
 import itertools
+import time
 
 import structlog
 
@@ -24,7 +25,7 @@ from pagebatch.engine.output_builder import OutputBuilder
 from pagebatch.engine.outputs import RequestOutput
 from pagebatch.engine.pooling import PoolingParams
 from pagebatch.engine.request import Request
-from pagebatch.engine.request_builder import RequestBuilder
+from pagebatch.engine.request_builder import RequestBuilder, RequestPlan
 from pagebatch.engine.runner import ModelRunner, plan_num_kv_blocks
 from pagebatch.engine.sampler import sample
 from pagebatch.engine.sampling_params import SamplingParams
@@ -135,6 +136,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one forward pass over the scheduled batch; returns the requests that finished."""
         finished, self._finished = self._finished, []
+        started = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch:
             return finished
@@ -149,6 +151,7 @@ class LLMEngine:
             failed.update(sample_failed)
         self._stats.record_generated(len(sampled))
         finished += [self._output(done) for done in self.scheduler.update(batch, sampled, failed)]
+        self._stats.record_step_time(batch, len(sampled), time.perf_counter() - started)
         return finished
 
     def _output(self, done: FinishedRequest) -> RequestOutput:
@@ -162,6 +165,12 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         return self._stats.snapshot(self.scheduler)
+
+    def plan_request(self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None) -> RequestPlan:
+        """The token ids a request's prompt would run with (chat template, tokenizer, every check a submitted
+        request gets) and the most tokens it may generate; raises RequestRejected for a request the engine would
+        refuse. Thread-safe; nothing runs."""
+        return self.builder.plan(prompt, params if params is not None else SamplingParams())
 
 
 def _max_model_len(config: EngineConfig, spec: ModelSpec) -> int:

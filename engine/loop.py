@@ -24,6 +24,7 @@ from pagebatch.engine.inputs import Prompt
 from pagebatch.engine.outputs import RequestOutput
 from pagebatch.engine.pooling import PoolingParams
 from pagebatch.engine.request import Request
+from pagebatch.engine.request_builder import RequestPlan
 from pagebatch.engine.sampling_params import SamplingParams
 from pagebatch.engine.stats import EngineStats
 
@@ -50,6 +51,19 @@ class EngineLoop:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def block_size(self) -> int:
+        return self.engine.config.block_size
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def plan_request(self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None) -> RequestPlan:
+        """What ``submit`` would tokenize the prompt to and the most tokens the request may generate, on the
+        caller's thread; raises RequestRejected where ``submit`` would reject it. Nothing reaches the engine thread."""
+        return self.engine.plan_request(prompt, params)
 
     @property
     def fatal_error(self) -> BaseException | None:

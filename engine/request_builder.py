@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,14 @@ from pagebatch.engine.stopping import MinTokensDetokenizer
 from pagebatch.engine.structured import GrammarCompiler
 
 MAX_CACHED_TRIES = 256
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What a request would take, known before it runs: its prompt's tokens, and the most tokens it may generate."""
+
+    prompt_token_ids: list[int]
+    max_new_tokens: int
 
 
 class RequestBuilder:
@@ -90,6 +99,14 @@ class RequestBuilder:
         return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer,
                        choice_state=choice_state, logits_state=logits_state,
                        grammar_state=grammar_state)
+
+    def plan(self, prompt: Prompt, params: SamplingParams | PoolingParams) -> RequestPlan:
+        """The request's plan after every check ``build`` makes (RequestRejected where it would reject it)."""
+        ids = self.build("plan", prompt, params).prompt_token_ids
+        if isinstance(params, PoolingParams):
+            return RequestPlan(ids, 0)
+        most = params.max_tokens if params.choices is None else self._choice_trie(tuple(params.choices)).depth + 1
+        return RequestPlan(ids, max(0, min(most, self.max_model_len - len(ids))))
 
     def _build_pooling(self, request_id: str, prompt: Prompt, params: PoolingParams) -> Request:
         if self.pooling is None:

@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pagebatch.engine.cache import cache_root
 
 MiB = 1024 * 1024
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class TokenPrices(BaseModel):
+    """USD per million tokens of one model: prompt tokens computed, prompt tokens read from the prefix cache, output."""
+
+    input: float = Field(ge=0)
+    cached_input: float = Field(ge=0)
+    output: float = Field(ge=0)
 
 
 class Settings(BaseSettings):
@@ -81,6 +89,15 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(5.0, gt=0, le=60)
     webhook_interval_s: float = Field(1.0, gt=0)
 
+    # Watching and steering batches (docs/api.md#watching-a-batch): how often a progress stream looks for news;
+    # how long an Idempotency-Key is remembered; per-model prices in USD per million tokens for estimates,
+    # "model=input:cached_input:output,..." (cached_input may be left empty: the input price).
+    progress_interval_s: float = Field(1.0, gt=0)
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    prices: Annotated[dict[str, TokenPrices], NoDecode] = Field(default_factory=dict)
+    # How long POST /v1/estimates waits for a worker's answer before it returns the estimate still running.
+    estimate_wait_s: float = Field(60.0, ge=0, le=600)
+
     # GET /metrics answers only "Authorization: Bearer <token>" when set (it shows model names and queue depths).
     metrics_token: str | None = Field(None, min_length=16)
     # Serve /docs and /openapi.json (the interactive API description); off hides them.
@@ -124,6 +141,25 @@ class Settings(BaseSettings):
     def _parse_webhook_secrets(cls, value: object) -> object:
         return _pair_map(value, "PAGEBATCH_WEBHOOK_SECRETS entries look like tenant=whsec_<base64>",
                          lambda tenant, secret: bool(_TENANT.match(tenant)) and _is_webhook_secret(secret))
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        usage = "PAGEBATCH_PRICES entries look like model=input:cached_input:output (USD per million tokens)"
+        pairs = _pair_map(value, usage, lambda model, prices: bool(model) and prices.count(":") == 2)
+        assert isinstance(pairs, dict)
+        out = {}
+        for model, text in pairs.items():
+            try:
+                given, cached, output = (float(p) if p.strip() else None for p in text.split(":"))
+            except ValueError:
+                raise ValueError(usage) from None
+            if given is None or output is None:
+                raise ValueError(usage)
+            out[model] = {"input": given, "cached_input": given if cached is None else cached, "output": output}
+        return out
 
     @model_validator(mode="after")
     def _every_webhook_is_signed(self) -> "Settings":

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-API_KEYS = {f"key-{t}": f"tenant-{t}" for t in "abcdefghlsmov"}
+API_KEYS = {f"key-{t}": f"tenant-{t}" for t in "abcdefghlsmovijknpq"}
 STACK_LIMITS = {
     "PAGEBATCH_MAX_UPLOAD_BYTES": str(256 * 1024),
     "PAGEBATCH_MAX_BATCH_BYTES": str(128 * 1024),
@@ -251,6 +251,7 @@ def stack_env(redis_server: RedisServer, s3: S3, bucket: str, **overrides: str) 
         "PAGEBATCH_SHARD_SIZE": "8",
         "PAGEBATCH_VISIBILITY_TIMEOUT": "10",
         "PAGEBATCH_POLL_INTERVAL_S": "0.2",
+        "PAGEBATCH_PROGRESS_INTERVAL_S": "0.3",
         "PAGEBATCH_SWEEP_INTERVAL_S": "1",
         "PAGEBATCH_LOG_FORMAT": "json",
         "OMP_NUM_THREADS": "1",

@@ -24,6 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from pagebatch.jobs.commands.demo import demo_model, write_demo_input
     from pagebatch.jobs.commands.local_run import run_local
+    from pagebatch.jobs.commands.run_journal import JournalError
     from pagebatch.jobs.engine_host import served_name
     from pagebatch.jobs.logs import configure_logging
     from pagebatch.jobs.settings import get_settings
@@ -45,8 +46,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         input_path = write_demo_input(out / "demo-input.jsonl", served_name(model, args.served_model_name))
         print(f"no input given: wrote a demo batch of 200 requests to {input_path}")
-    report = run_local(settings, input_path, model, out, name=args.served_model_name, endpoint=args.endpoint,
-                       options=options_of(args), show_progress=not args.no_progress)
+    try:
+        report = run_local(settings, input_path, model, out, name=args.served_model_name, endpoint=args.endpoint,
+                           options=options_of(args), show_progress=not args.no_progress, resume=args.resume)
+    except JournalError as e:
+        print(f"pagebatch run: {e}", file=sys.stderr)
+        return 2
     batch = report.batch
     if batch.status == "failed":
         for error in batch.errors.data if batch.errors else []:
@@ -58,7 +63,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"({counts.total / seconds:.1f} req/s, {report.generated_tokens / seconds:.1f} tok/s; "
           f"model loaded in {report.load_seconds:.2f}s)")
     print(f"results: {out}/output.jsonl, errors.jsonl, usage.jsonl, batch.json")
+    if batch.status == "cancelled":
+        print(f"interrupted: the finished lines are kept in {out}/journal.jsonl; continue with the same command "
+              "and --resume", file=sys.stderr)
     return 0 if batch.status == "completed" else 130
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pagebatch.jobs.commands.estimate import print_estimate, run_estimate
+    from pagebatch.jobs.logs import configure_logging
+    from pagebatch.jobs.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    path = Path(args.input)
+    if not path.is_file():
+        print(f"pagebatch estimate: no such input file: {path}", file=sys.stderr)
+        return 2
+    estimate = run_estimate(settings, path, args.model, name=args.served_model_name, endpoint=args.endpoint)
+    if estimate is None:
+        return 1
+    print_estimate(estimate, as_json=args.json)
+    return 0
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -178,8 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--endpoint", default=None, choices=list(ENDPOINTS),
                      help="default: the first line's url")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run whose journal --out holds: finished lines are not computed "
+                          "again (without a journal there, start afresh)")
     add_engine_flags(run)
     run.set_defaults(func=_cmd_run)
+
+    est = sub.add_parser("estimate", help="validate and tokenize a batch file without running it: lines, errors, "
+                                          "prompt / cached / completion tokens, cost and an ETA")
+    est.add_argument("input", help="a JSONL batch file")
+    est.add_argument("--model", required=True, help="checkpoint directory or .gguf file (only its tokenizer is read)")
+    est.add_argument("--served-model-name", default=None,
+                     help="the name lines use for the model, and its workers serve it as (default: the checkpoint's)")
+    est.add_argument("--endpoint", default=None, choices=list(ENDPOINTS), help="default: the first line's url")
+    est.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    est.set_defaults(func=_cmd_estimate)
 
     api = sub.add_parser("api", help="serve the OpenAI-compatible Batch API")
     api.add_argument("--host", default="127.0.0.1")

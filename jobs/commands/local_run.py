@@ -1,7 +1,9 @@
 """`pagebatch run`: the whole pipeline in one process, no Redis and no S3, results in a directory.
 
 It goes through the same validation, execution and formatting code as the service; only the
-plumbing differs (a local file in, a directory out, one engine in this process).
+plumbing differs (a local file in, a directory out, one engine in this process). Each line reaches
+the run's journal as it finishes (jobs/commands/run_journal.py), so ``--resume`` continues an
+interrupted run without computing a finished line again, and ends with the files an uninterrupted run writes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pagebatch.jobs.batch.merge import MergedCounts, loaded
 from pagebatch.jobs.batch.results import RequestContext, ShardResult
 from pagebatch.jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, BatchRecord
 from pagebatch.jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
+from pagebatch.jobs.commands.run_journal import InputDigest, JournaledResult, JournalError, RunJournal, journal_path
 from pagebatch.jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
 from pagebatch.jobs.pipeline.execute import execute
 from pagebatch.jobs.settings import Settings
@@ -59,17 +62,46 @@ def detect_endpoint(path: Path) -> str:
 
 
 def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Path, *, name: str | None = None,
-              endpoint: str | None = None, options: EngineOptions | None = None, show_progress: bool = True
-              ) -> RunReport:
+              endpoint: str | None = None, options: EngineOptions | None = None, show_progress: bool = True,
+              resume: bool = False) -> RunReport:
+    """Run ``input_path`` into ``out_dir``. ``resume``: continue the interrupted run whose journal ``out_dir`` holds
+    (without one, start afresh); without it, a journal there is refused rather than overwritten."""
     started = time.perf_counter()
     model = served_name(model_path, name)
-    endpoint = endpoint or detect_endpoint(input_path)
-    now = int(time.time())
-    record = BatchRecord(id=new_batch_id(), tenant=LOCAL_TENANT, endpoint=endpoint, input_file_id=str(input_path),
-                         completion_window="24h", created_at=now, expires_at=now + 24 * 3600, model=model)
+    digest = InputDigest.of(input_path)
+    journal: RunJournal | None = None
+    finished = ShardResult()  # lines an interrupted run finished already
+    if journal_path(out_dir).exists():
+        if not resume:
+            raise JournalError(f"{out_dir} holds an unfinished run ({journal_path(out_dir).name}); pass --resume to "
+                               "continue it, or choose another --out")
+        journal, record, finished = RunJournal.resume(out_dir, digest)
+        if record.model != model or (endpoint is not None and endpoint != record.endpoint):
+            journal.close()
+            raise JournalError(f"the run in {out_dir} used model {record.model} and endpoint {record.endpoint}; "
+                               "resume it with the same ones")
+        endpoint = record.endpoint
+    else:
+        endpoint = endpoint or detect_endpoint(input_path)
+        now = int(time.time())
+        record = BatchRecord(id=new_batch_id(), tenant=LOCAL_TENANT, endpoint=endpoint, input_file_id=str(input_path),
+                             completion_window="24h", created_at=now, expires_at=now + 24 * 3600, model=model)
+    try:
+        return _run(settings, input_path, model_path, out_dir, record, finished, journal, digest, name, options,
+                    show_progress, started)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _run(settings: Settings, input_path: Path, model_path: str, out_dir: Path, record: BatchRecord,
+         finished: ShardResult, journal: RunJournal | None, digest: InputDigest, name: str | None,
+         options: EngineOptions | None, show_progress: bool, started: float) -> RunReport:
+    endpoint, model = record.endpoint, record.model or ""
     ctx = RequestContext(record.id, LOCAL_TENANT, "local")
     limits = Limits(settings.max_batch_bytes, settings.max_batch_lines, settings.max_line_bytes,
                     settings.default_max_tokens)
+    done_lines = {line for line, _ in finished.usage}
     rejected, jobs = ShardResult(), []
     try:
         check_size(input_path.stat().st_size, limits)
@@ -78,52 +110,61 @@ def run_local(settings: Settings, input_path: Path, model_path: str, out_dir: Pa
             for verdict in check_lines(lines, endpoint=endpoint, known_models={model}, limits=limits):
                 if isinstance(verdict, RejectedLine):
                     rejected.add_rejected(ctx, verdict)
-                else:
+                elif verdict.line not in done_lines:
                     jobs.append(verdict)
     except FileError as e:
         record.errors = BatchErrors(data=[BatchError(code=e.code, message=e.message, line=e.line)])
         lifecycle.apply(record, Event.FAIL)
         write_result_files([], out_dir)
         _write_batch_json(out_dir, record)
+        if journal is not None:
+            journal.remove()
         return RunReport(record, 0.0, 0.0)
 
-    record.request_counts.total = len(jobs) + rejected.failed
+    record.request_counts.total = len(jobs) + len(done_lines) + rejected.failed
     lifecycle.apply(record, Event.START)
-    load_started = time.perf_counter()
-    options = options or EngineOptions()
-    loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name)
-    load_seconds = time.perf_counter() - load_started
+    journal = journal or RunJournal.start(out_dir, record, digest)
     try:
-        result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress,
-                                        window=WINDOW_PER_SEQ * options.max_num_seqs)
+        load_started = time.perf_counter()
+        options = options or EngineOptions()
+        loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name)
+        load_seconds = time.perf_counter() - load_started
+        try:
+            result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress,
+                                            window=WINDOW_PER_SEQ * options.max_num_seqs,
+                                            result=JournaledResult(journal), already=len(done_lines))
+        finally:
+            loop.close()
+        record.cancel_requested = result.stopped == "batch_cancelled"
+        lifecycle.apply(record, Event.FINALIZE)
+        merged: MergedCounts = write_result_files([loaded(rejected), loaded(finished), loaded(result)], out_dir)
+        lifecycle.apply(record, conclude(record, merged, {kind: f"{kind}.jsonl" for kind in RESULT_KINDS}))
+        _write_batch_json(out_dir, record)
+        if result.stopped is None:
+            journal.remove()  # finished: the result files hold everything
     finally:
-        loop.close()
-    record.cancel_requested = result.stopped == "batch_cancelled"
-    lifecycle.apply(record, Event.FINALIZE)
-    merged: MergedCounts = write_result_files([loaded(rejected), loaded(result)], out_dir)
-    lifecycle.apply(record, conclude(record, merged, {kind: f"{kind}.jsonl" for kind in RESULT_KINDS}))
-    _write_batch_json(out_dir, record)
+        journal.close()
     # Everything but loading the model: what a long-lived worker does per batch.
     return RunReport(record, load_seconds, time.perf_counter() - started - load_seconds)
 
 
 def _execute_with_progress(loop: EngineHandle, jobs: list[ValidLine], ctx: RequestContext, endpoint: str, model: str,
-                           show_progress: bool, window: int) -> ShardResult:
+                           show_progress: bool, window: int, result: ShardResult, already: int = 0) -> ShardResult:
     interrupted = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())  # Ctrl-C: abort, keep what finished
-    bar = tqdm(total=len(jobs), unit="req", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs) + already, initial=already, unit="req", disable=not show_progress, dynamic_ncols=True)
 
     def progress(completed: int, failed: int) -> None:
-        bar.update(completed + failed - bar.n)
+        bar.update(already + completed + failed - bar.n)
         bar.set_postfix(failed=failed, refresh=False)
 
     try:
         with structlog.contextvars.bound_contextvars(batch_id=ctx.batch_id):
             result = execute(loop, jobs, ctx=ctx, endpoint=endpoint, model_name=model, request_prefix=ctx.batch_id,
                              should_stop=lambda: "batch_cancelled" if interrupted.is_set() else None,
-                             on_progress=progress, poll_s=0.1, window=window)
+                             on_progress=progress, poll_s=0.1, window=window, result=result)
     finally:
         bar.close()
         if previous is not None:

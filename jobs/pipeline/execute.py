@@ -45,6 +45,7 @@ def execute(
     on_progress: Progress | None = None,
     poll_s: float = 0.5,
     window: int | None = None,
+    result: ShardResult | None = None,
 ) -> ShardResult:
     """A line with ``n`` choices is n engine requests (ids suffixed ``-c<i>`` past the first), each with its own
     seed derived from the line's (``EngineRequest.choice_params``); an embeddings line is one engine request per
@@ -52,8 +53,11 @@ def execute(
 
     With a ``window``, at most about that many engine requests are in flight: the next lines are prepared
     (templated, tokenized) on this thread as earlier ones finish, so a file of any size costs the engine a
-    bounded queue and its preparation overlaps generation."""
-    result = ShardResult()
+    bounded queue and its preparation overlaps generation.
+
+    ``result``: where the lines go as they finish (default: a new ShardResult); ``pagebatch run`` passes one that
+    also writes each finished line to its journal."""
+    result = ShardResult() if result is None else result
     finished: queue.SimpleQueue[tuple[_Line, int, cf.Future]] = queue.SimpleQueue()
     in_flight: dict[str, tuple[_Line, int]] = {}
     todo = iter(jobs)

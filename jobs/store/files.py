@@ -87,8 +87,9 @@ class FileStore:
         self._by_purpose[record.purpose].remove(tenant, file_id)
         return True
 
-    def content(self, tenant: str, file_id: str) -> Iterator[bytes]:
-        return self.storage.iter_chunks(layout.file_content(tenant, file_id))
+    def content(self, tenant: str, file_id: str, start: int = 0) -> Iterator[bytes]:
+        """The file's bytes from offset ``start`` on."""
+        return self.storage.iter_chunks(layout.file_content(tenant, file_id), start)
 
     def lines(self, tenant: str, file_id: str) -> Iterator[bytes]:
         """The file's lines without their line breaks, streamed."""

@@ -20,6 +20,9 @@
 | ``pb:webhooks:due`` | zset | webhook event id -> when its next delivery attempt is due (ms, Redis time) |
 | ``pb:webhooks:pending`` | hash | webhook event id -> the delivery (JSON: tenant, body, attempts, first_at) |
 | ``pb:webhooks:done:<event id>`` | string, TTL | the event was delivered or given up: a late re-enqueue is ignored |
+| ``pb:idem:<tenant>:<scope>:<digest>`` | hash, TTL | an Idempotency-Key's request fingerprint, state and first answer |
+| ``pb:estimate:<id>`` | string, TTL | an estimate: who asked, what, and its answer once a worker gave it |
+| ``pb:estimates:<model>`` | list | estimate ids waiting for a worker of the model |
 | ``pagebatch.control``, ``model.<name>``, ``unacked_index`` | Celery | the task queues and kombu's unacked index |
 """
 from __future__ import annotations
@@ -85,3 +88,18 @@ WEBHOOKS_PENDING = f"{PREFIX}webhooks:pending"
 def webhook_done(event_id: str) -> str:
     """Marks a webhook event delivered (or given up) for a while (jobs/store/webhook_outbox.py)."""
     return f"{PREFIX}webhooks:done:{event_id}"
+
+
+def idempotency(tenant: str, scope: str, digest: str) -> str:
+    """One tenant's Idempotency-Key (by its digest) for one kind of create (jobs/store/idempotency.py)."""
+    assert scope in ("files", "batches"), scope
+    return f"{PREFIX}idem:{tenant}:{scope}:{digest}"
+
+
+def estimate(estimate_id: str) -> str:
+    return f"{PREFIX}estimate:{estimate_id}"
+
+
+def estimate_queue(model: str) -> str:
+    """Estimates waiting for a worker of ``model`` (jobs/pipeline/estimates.py)."""
+    return f"{PREFIX}estimates:{model}"

@@ -30,6 +30,7 @@ _ENGINE_COUNTERS = {
     "generation_tokens_total": ("pagebatch_engine_generation_tokens", "Tokens generated since the worker started"),
     "cached_prompt_tokens_total": ("pagebatch_engine_cached_prompt_tokens", "Prompt tokens served from the prefix cache"),
     "num_preemptions": ("pagebatch_engine_preemptions", "Requests preempted (recomputed) for lack of KV blocks"),
+    "busy_seconds_total": ("pagebatch_engine_busy_seconds", "Seconds the engine spent stepping since the worker started"),
 }
 _LATENCY_HELP = {
     "queue_time": "Seconds a request waited in the engine before it was first scheduled",

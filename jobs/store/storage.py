@@ -25,7 +25,7 @@ class Storage(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
-    def iter_chunks(self, key: str) -> Iterator[bytes]: ...
+    def iter_chunks(self, key: str, start: int = 0) -> Iterator[bytes]: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -103,12 +103,13 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound(key) from None
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
         try:
             f = self._path(key).open("rb")
         except FileNotFoundError:
             raise NotFound(key) from None
         with f:
+            f.seek(start)
             while chunk := f.read(CHUNK):
                 yield chunk
 
@@ -175,12 +176,16 @@ class S3Storage:
                 raise NotFound(key) from None
             raise
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        """The object's bytes from offset ``start`` on (a ranged GET), in chunks."""
+        ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)["Body"]
         except self.client.exceptions.ClientError as e:
             if self._missing(e):
                 raise NotFound(key) from None
+            if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                return  # start is at (or past) the end: nothing more to read
             raise
         yield from body.iter_chunks(CHUNK)
 

@@ -13,6 +13,7 @@ from celery import signals
 from pagebatch.jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
 from pagebatch.jobs.logs import configure_logging, get_logger
 from pagebatch.jobs.periodic import Periodic
+from pagebatch.jobs.pipeline.estimates import EstimateServer
 from pagebatch.jobs.pipeline.sweeper import sweep_once_per_interval
 from pagebatch.jobs.pipeline.webhooks import WebhookSender
 from pagebatch.jobs.services import Services
@@ -67,8 +68,9 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
     services = Services.from_settings(settings)
     app = create_celery(settings)
     latency = LatencyBuffer(model)
-    register_tasks(app, WorkerRuntime(services, ObservedLoop(loop, latency), model, worker_id))
-    telemetry = TelemetryPublisher(services.redis, loop, latency, worker_id, model, settings.stats_interval_s)
+    observed = ObservedLoop(loop, latency)
+    register_tasks(app, WorkerRuntime(services, observed, model, worker_id))
+    telemetry = TelemetryPublisher(services.redis, observed, latency, worker_id, model, settings.stats_interval_s)
     lease = LeaseKeeper(services.redis).install()
     heartbeat = ModelHeartbeat(services.redis, model, worker_id, loop)
     background = [
@@ -77,6 +79,8 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
         Periodic("sweep", settings.sweep_interval_s, lambda: sweep_once_per_interval(services, settings.sweep_interval_s)),
         Periodic("telemetry", settings.stats_interval_s, telemetry.publish, immediately=True),
         Periodic("webhooks", settings.webhook_interval_s, WebhookSender(services).deliver_due),
+        # estimates queued for this model, answered with this engine's own tokenizer and checks
+        Periodic("estimates", 0.05, EstimateServer(services, observed, model).serve_once, immediately=True),
     ]
 
     @signals.worker_ready.connect(weak=False)

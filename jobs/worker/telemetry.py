@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextvars
+import threading
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import redis
@@ -24,12 +26,19 @@ class ObservedLoop:
     def __init__(self, loop: EngineHandle, latency: LatencyBuffer) -> None:
         self._loop = loop
         self._latency = latency
+        self.fill = CompletionFill()
 
     def submit(self, prompt: Any, params: Any = None, request_id: str | None = None) -> cf.Future:
         future = self._loop.submit(prompt, params, request_id=request_id)
         context = contextvars.copy_context()
         future.add_done_callback(lambda done: context.run(self._finished, done))
+        future.add_done_callback(lambda done: self.fill.observe(params, done))
         return future
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's stats, and how much of the tokens they were allowed the finished requests generated."""
+        stats = self._loop.stats()
+        return {**(asdict(stats) if is_dataclass(stats) else dict(stats)), **self.fill.totals()}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loop, name)
@@ -48,6 +57,29 @@ class ObservedLoop:
         log.debug("request finished", request_id=out.request_id, finish_reason=out.finish_reason,
                   prompt_tokens=out.num_prompt_tokens, cached_tokens=out.num_cached_tokens,
                   completion_tokens=len(out.token_ids), **{k: v for k, v in latencies.items() if v is not None})
+
+
+class CompletionFill:
+    """Tokens generated against tokens allowed (max_tokens) over the generation requests that finished: how much of
+    the upper bound real answers use, which estimates scale their completion tokens by (jobs/batch/estimate.py)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.generated = self.allowed = 0
+
+    def observe(self, params: Any, future: cf.Future) -> None:
+        max_tokens = getattr(params, "max_tokens", None)
+        if not max_tokens or getattr(params, "choices", None) or future.cancelled() or future.exception():
+            return  # embeddings, labels (their bound is exact) and failures say nothing about answer lengths
+        out = future.result()
+        if out.finish_reason in ("stop", "length"):
+            with self._lock:
+                self.generated += len(out.token_ids)
+                self.allowed += max_tokens
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            return {"completion_tokens_generated": self.generated, "completion_tokens_allowed": self.allowed}
 
 
 class TelemetryPublisher:

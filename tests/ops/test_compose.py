@@ -125,3 +125,71 @@ def test_every_variable_has_an_example():
     assert used and used <= set(example), used - set(example)
     keys = dict(pair.split("=", 1) for pair in example["API_KEYS"].split(","))
     assert example["INBOX_KEY"] in keys  # MinIO authenticates with one of the API's keys
+
+
+MONITORING = ROOT / "monitoring"
+
+
+def test_prometheus_and_grafana_run_behind_the_monitoring_profile():
+    for name in ("prometheus", "grafana"):
+        assert SERVICES[name]["profiles"] == ["monitoring"]
+    assert all("profiles" not in SERVICES[name] for name in ("redis", "minio", "api", "worker"))
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES["prometheus"]["volumes"] if v.startswith("./")}
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    assert mounts == {"./monitoring/prometheus.yml": "/etc/prometheus/prometheus.yml"}
+    assert f"--config.file={mounts['./monitoring/prometheus.yml']}" in SERVICES["prometheus"]["command"]
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"api:{flag(SERVICES['api']['command'], '--port')}"]
+
+
+def test_grafana_provisions_prometheus_and_the_dashboard():
+    grafana = SERVICES["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
+    provisioning = ROOT / "monitoring" / "grafana" / "provisioning"
+    assert mounts["./monitoring/grafana/provisioning"] == "/etc/grafana/provisioning"
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and urlsplit(source["url"]).hostname == "prometheus"
+    assert urlsplit(source["url"]).port == int(SERVICES["prometheus"]["ports"][0].split(":")[1])
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "pagebatch.yaml").read_text())["providers"]
+    assert mounts["./monitoring/grafana/dashboards"] == provider["options"]["path"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/pagebatch.json"
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def test_the_dashboard_queries_only_metrics_the_api_exports(redis_server, tmp_path):
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from pagebatch.api.app import create_app
+
+    import redis
+
+    from pagebatch.jobs.store.metrics import LatencyBuffer, publish_snapshot
+    from pagebatch.jobs.store.registry import register_model
+
+    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "pagebatch.json").read_text())
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)  # one worker's state, as workers write it
+    register_model(client, "dash-model", "dash-worker", ttl_s=60)
+    stats = {field: 1.0 for field in ("num_running", "num_waiting", "kv_blocks_total", "kv_blocks_used",
+                                      "kv_blocks_cached", "kv_blocks_free", "prompt_tokens_total",
+                                      "generation_tokens_total", "cached_prompt_tokens_total", "prompt_tokens_per_s",
+                                      "generation_tokens_per_s", "num_preemptions", "busy_seconds_total")}
+    publish_snapshot(client, "dash-worker", "dash-model", stats, ttl_s=60)
+    latency = LatencyBuffer("dash-model")
+    latency.observe("stop", {"queue_time": 0.1, "time_to_first_token": 0.2, "total_time": 0.5})
+    latency.flush(client)
+    app = create_app(Settings(storage=str(tmp_path / "storage"), redis_url=redis_server.url))
+    with TestClient(app) as api:
+        api.get("/healthz")  # so the API's own request metrics have a sample
+        exposition = api.get("/metrics").text
+    exported = set(re.findall(r"^# TYPE (\w+) ", exposition, re.M))
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 12 and all(p["datasource"]["uid"] == "prometheus" for p in panels)
+    used = {name for p in panels for t in p["targets"] for name in re.findall(r"\bpagebatch_\w+", t["expr"])}
+    base = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}  # a histogram's series
+    assert base <= exported, base - exported
+    assert {"pagebatch_queue_depth", "pagebatch_engine_busy_seconds_total", "pagebatch_request_total_time_seconds",
+            "pagebatch_api_request_duration_seconds"} <= base

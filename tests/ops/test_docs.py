@@ -45,6 +45,8 @@ def test_the_curl_examples_run(stack, tmp_path):
     assert re.search(r'^\{"custom_id":"review-1","prompt_tokens":\d+,"cached_tokens":\d+,"completion_tokens":\d+\}$',
                      out, re.M), out
     assert re.search(r"^cancel: cancelling$", out, re.M), out
+    assert re.search(r"^results so far: 2, complete: true$", out, re.M), out
+    assert re.search(r"^progress: completed, [1-9]\d* output tokens$", out, re.M), out
     assert len(re.findall(r"^batch_\w+ (validating|in_progress|cancelling|cancelled|completed)$", out, re.M)) == 2
 
 
@@ -63,6 +65,10 @@ def test_the_python_examples_run(stack, tmp_path):
     vectors = re.findall(r"^(emb-\d) (\d) -> (\d+) floats$", out, re.M)
     assert sorted(v[:2] for v in vectors) == [(f"emb-{i}", str(k)) for i in range(3) for k in range(2)], out
     assert len({v[2] for v in vectors}) == 1, out  # the model's width, for base64 and float vectors alike
+    assert re.search(r"^one batch for two submits: True$", out, re.M), out
+    assert re.search(r"^results while running: 3 lines, 0 errors$", out, re.M), out
+    assert re.search(r"^progress: completed \{'total': 3, 'completed': 3, 'failed': 0\}$", out, re.M), out
+    assert re.search(r"^estimate: completed 3 valid lines, [1-9]\d* prompt tokens$", out, re.M), out
 
 
 def pagebatch_commands(script: str) -> list[list[str]]:

@@ -1,0 +1,77 @@
+"""Which of a running batch's shards are finished, and where their results are.
+
+The one place that results-while-running and the progress stream learn it from: it reads the batch's
+done set (jobs/store/state.py), its manifest and the shard result keys (jobs/store/layout.py). When the
+shard contract changes, this is the function to follow it.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pagebatch.jobs.batch.manifest import Manifest
+from pagebatch.jobs.batch.results import ShardResult
+from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, load_manifest
+from pagebatch.jobs.services import Services
+from pagebatch.jobs.store import layout
+
+_MANIFESTS_KEPT = 256
+
+
+@dataclass(frozen=True)
+class FinishedShard:
+    """A finished shard; ``index`` None is the batch's rejected lines (validation errors), which sit anywhere."""
+
+    index: int | None
+    first_line: int | None  # the first input line it holds: a shard's results always include it
+    lines: int | None  # how many input lines it holds (None: the rejected lines, unknown until loaded)
+    load: Callable[[], ShardResult]  # raises storage.NotFound once finalize has cleaned up
+
+
+class _ManifestCache:
+    """A manifest never changes once written, so each process reads it once per batch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[str, Manifest] = OrderedDict()
+
+    def get(self, svc: Services, tenant: str, batch_id: str) -> Manifest | None:
+        with self._lock:
+            if batch_id in self._kept:
+                self._kept.move_to_end(batch_id)
+                return self._kept[batch_id]
+        manifest = load_manifest(svc, tenant, batch_id)
+        if manifest is not None:
+            with self._lock:
+                self._kept[batch_id] = manifest
+                while len(self._kept) > _MANIFESTS_KEPT:
+                    self._kept.popitem(last=False)
+        return manifest
+
+
+_manifests = _ManifestCache()
+
+
+def finished_shards(svc: Services, record: BatchRecord) -> list[FinishedShard]:
+    """The batch's shards whose results are in storage now, in input-line order (the rejected lines first)."""
+    done = svc.state.done_shards(record.id)
+    if not done:
+        return []
+    manifest = _manifests.get(svc, record.tenant, record.id)
+    if manifest is None:
+        return []  # not prepared yet (or already cleaned up by finalize)
+
+    def load(key: str) -> Callable[[], ShardResult]:
+        return lambda: ShardResult.from_bytes(svc.storage.get_bytes(key))
+
+    finished = []
+    if PREPARE_SHARD in done:
+        finished.append(FinishedShard(None, None, None, load(layout.prepare_result(record.tenant, record.id))))
+    for plan in sorted(manifest.shards, key=lambda p: p.first_line):
+        if str(plan.index) in done:
+            finished.append(FinishedShard(plan.index, plan.first_line, plan.lines,
+                                          load(layout.shard_result(record.tenant, record.id, plan.index))))
+    return finished
