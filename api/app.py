@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from pagebatch.api import batches, events, files, health, metrics
+from pagebatch.api import batches, events, files, health, metrics, quotas
 from pagebatch.api.errors import install_error_handlers
 from pagebatch.api.limits import BodySizeLimit
 from pagebatch.jobs.logs import configure_logging
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(quotas.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
 
     @app.middleware("http")

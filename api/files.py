@@ -30,7 +30,7 @@ def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose
         raise APIError(413, f"file larger than {svc.settings.max_upload_bytes} bytes", code="file_too_large")
     file.file.seek(0)
     record = svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size,
-                              expires_after_s=expires_after_s)
+                              expires_after_s=expires_after_s, quota=svc.settings.quota_for(owner))
     return record.public()
 
 

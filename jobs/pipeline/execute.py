@@ -15,6 +15,7 @@ from pagebatch.engine.sampling_params import SamplingParams
 
 from pagebatch.jobs.batch.embeddings import EMBEDDINGS, embedding_error, embeddings_body, embeddings_usage
 from pagebatch.jobs.batch.ids import LineIds
+from pagebatch.jobs.batch.line_errors import STOP_MESSAGES
 from pagebatch.jobs.batch.requests import CHAT, LineError
 from pagebatch.jobs.batch.responses import batch_error_line, combined_output, output_line, request_error_line, response_body
 from pagebatch.jobs.batch.results import RequestContext, ShardResult, usage_record
@@ -23,11 +24,6 @@ from pagebatch.jobs.engine_host import EngineHandle
 from pagebatch.jobs.logs import get_logger
 
 log = get_logger(__name__)
-
-STOP_MESSAGES = {
-    "batch_cancelled": "The batch was cancelled before this request finished.",
-    "batch_expired": "This request could not be executed before the completion window expired.",
-}
 
 StopCheck = Callable[[], str | None]  # returns a stop code ("batch_cancelled" / "batch_expired") or None
 Progress = Callable[[int, int], None]  # (completed, failed) so far
@@ -45,6 +41,8 @@ def execute(
     on_progress: Progress | None = None,
     poll_s: float = 0.5,
     window: int | None = None,
+    fairness_key: str = "",
+    on_poll: Callable[[], None] | None = None,
 ) -> ShardResult:
     """A line with ``n`` choices is n engine requests (ids suffixed ``-c<i>`` past the first), each with its own
     seed derived from the line's (``EngineRequest.choice_params``); an embeddings line is one engine request per
@@ -52,7 +50,10 @@ def execute(
 
     With a ``window``, at most about that many engine requests are in flight: the next lines are prepared
     (templated, tokenized) on this thread as earlier ones finish, so a file of any size costs the engine a
-    bounded queue and its preparation overlaps generation."""
+    bounded queue and its preparation overlaps generation.
+
+    ``fairness_key`` (the tenant) is what the engine shares its waiting queue fairly between; ``on_poll`` is
+    called once per poll interval while requests are in flight."""
     result = ShardResult()
     finished: queue.SimpleQueue[tuple[_Line, int, cf.Future]] = queue.SimpleQueue()
     in_flight: dict[str, tuple[_Line, int]] = {}
@@ -67,7 +68,7 @@ def execute(
             line = _Line(job, request_prefix)
             for i, (request_id, (prompt, params)) in enumerate(zip(line.request_ids, line.calls)):
                 in_flight[request_id] = (line, i)
-                future = loop.submit(prompt, params, request_id=request_id)
+                future = loop.submit(prompt, params, request_id=request_id, fairness_key=fairness_key)
                 future.add_done_callback(lambda f, line=line, i=i: finished.put((line, i, f)))
 
     submit_more()
@@ -89,6 +90,8 @@ def execute(
         next_check = time.monotonic() + poll_s
         if on_progress is not None:
             on_progress(result.completed, result.failed)
+        if on_poll is not None:
+            on_poll()
         if not aborted and in_flight:
             stop = should_stop()
             if stop:
