@@ -53,7 +53,7 @@ def execute(
     bounded queue and its preparation overlaps generation.
 
     ``fairness_key`` (the tenant) is what the engine shares its waiting queue fairly between; ``on_poll`` is
-    called once per poll interval while requests are in flight."""
+    called once per poll interval while requests are in flight, and after each line is submitted."""
     result = ShardResult()
     finished: queue.SimpleQueue[tuple[_Line, int, cf.Future]] = queue.SimpleQueue()
     in_flight: dict[str, tuple[_Line, int]] = {}
@@ -70,6 +70,8 @@ def execute(
                 in_flight[request_id] = (line, i)
                 future = loop.submit(prompt, params, request_id=request_id, fairness_key=fairness_key)
                 future.add_done_callback(lambda f, line=line, i=i: finished.put((line, i, f)))
+            if on_poll is not None:
+                on_poll()  # preparing a long shard's requests takes a while too
 
     submit_more()
     aborted = False
