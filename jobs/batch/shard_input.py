@@ -107,8 +107,9 @@ class ShardHeader(_Spec):
 
 
 def encode_shard(header: ShardHeader, lines: Iterable[ShardLine]) -> bytes:
-    parts = [header.model_dump_json()]
-    parts += [line.model_dump_json() for line in lines]
+    # ASCII JSON: a prompt may hold a lone surrogate (valid JSON, not encodable UTF-8) that only the engine refuses.
+    parts = [json.dumps(header.model_dump(mode="json"))]
+    parts += [json.dumps(line.model_dump(mode="json")) for line in lines]
     return ("\n".join(parts) + "\n").encode()
 
 
@@ -146,8 +147,8 @@ def decode_shard(raw: bytes, kind: ShardKind | None = None) -> list[ShardLine]:
     try:
         if version == LEGACY_VERSION:
             return [_from_legacy(json.loads(row)) for row in rows]
-        header = ShardHeader.model_validate_json(rows[0])
-        lines = [ShardLine.model_validate_json(row) for row in rows[1:]]
+        header = ShardHeader.model_validate(json.loads(rows[0]))
+        lines = [ShardLine.model_validate(json.loads(row)) for row in rows[1:]]
     except (ValidationError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise ShardUnreadable(f"the shard input (version {version}) does not match its schema: "
                               f"{_short(e)}") from None

@@ -122,7 +122,8 @@ def run_shard(svc: Services, loop: EngineHandle, ref: ShardRef, *, model_name: s
                     loop, jobs, ctx=ctx, endpoint=record.endpoint, model_name=model_name,
                     request_prefix=f"{ref.batch_id}-{ref.index}-{attempt}",
                     should_stop=StopWatcher(svc, ref.batch_id, window),
-                    on_progress=lambda c, f: _publish_progress(svc, ref, c, f),
+                    # the final counts appear with the done mark, once the results are stored
+                    on_progress=lambda c, f: c + f < len(jobs) and _publish_progress(svc, ref, c, f),
                     poll_s=svc.settings.poll_interval_s, fairness_key=ref.tenant, on_poll=live.polled,
                 )
         # Results first, keyed by batch and shard: a re-run overwrites the same object.

@@ -1,7 +1,9 @@
 """Per-tenant listings of files and batches in Redis, so a page costs one read whatever the tenant holds.
 
-Storage stays the durable record: every object is written there first, then indexed here. An index
-Redis lost (no ``built`` marker) is rebuilt from storage on the next listing, once, under a lock.
+Storage stays the durable record: every object is written there first, then indexed here. A tenant's
+index is marked complete (``built``) when its first object is written, so listing never reads storage
+while the index is intact; an index Redis lost (no marker) is rebuilt from storage once, under a lock, by
+the next write or listing.
 Ids sort newest first as text (jobs/batch/ids.py), so a sorted set with equal scores pages by id.
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Live batch state in Redis, with a durable copy (batch.json) in storage.
 
-Per batch (see jobs/store/keys.py): the record with a version, per-shard progress (overwritten,
-never incremented, so a re-run shard cannot double-count), the set of shards whose results are in
-storage, and shard attempts. Status changes are lifecycle events (jobs/batch/lifecycle.py) applied
-in compare-and-set transactions; each one is followed by a write of batch.json.
+Per batch (see jobs/store/keys.py): the record with a version, and its shards' record (which are done,
+their counts and attempts: jobs/store/shard_ledger.py). Status changes are lifecycle events
+(jobs/batch/lifecycle.py) applied in compare-and-set transactions; each one is followed by a write of
+batch.json. The transaction that ends a batch also frees what it held of its tenant's quota.
 """
 from __future__ import annotations
 

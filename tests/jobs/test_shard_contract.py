@@ -34,8 +34,9 @@ def test_the_schema_names_every_field_of_the_engine_types():
 def test_a_shard_round_trips_and_a_version_1_shard_is_still_read():
     chat = to_engine_request(CHAT, {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 2},
                                     "seed": 3, "n": 2, "response_format": {"type": "json_object"}}, 16)
-    lines = [ValidLine(4, "c-4", "m", chat)]
-    raw = encode_shard(new_header("batch_x", 0, ShardKind.GENERATE, 1), (job.to_shard_line() for job in lines))
+    surrogate = to_engine_request(CHAT, {"messages": [{"role": "user", "content": "a\udfffb"}]}, 16)  # the engine refuses it
+    lines = [ValidLine(4, "c-4", "m", chat), ValidLine(6, "c-6", "m", surrogate)]
+    raw = encode_shard(new_header("batch_x", 0, ShardKind.GENERATE, 2), (job.to_shard_line() for job in lines))
     assert json.loads(raw.split(b"\n")[0])["version"] == SHARD_INPUT_VERSION
     back = [ValidLine.from_shard_line(line) for line in decode_shard(raw, ShardKind.GENERATE)]
     assert back == lines
