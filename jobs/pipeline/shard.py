@@ -160,7 +160,7 @@ def _parse(raw: bytes | None, ref: ShardRef) -> list[ValidLine]:
     if raw is None:
         raise ShardUnreadable("the shard input is missing from storage")
     try:
-        return [ValidLine.from_shard_line(line) for line in decode_shard(raw, ref.kind)]
+        return [ValidLine.from_shard_line(line) for line in decode_shard(raw)]
     except (TypeError, ValueError) as e:  # a stored request the engine's types refuse
         raise ShardUnreadable(f"a stored request could not be rebuilt: {type(e).__name__}: {str(e)[:200]}") from None
 
@@ -170,7 +170,7 @@ def _fail_lines(svc: Services, ref: ShardRef, raw: bytes | None, ctx: RequestCon
     """Every line of the shard reported as ``code``: those the input still names, else as many as its plan says."""
     result = ShardResult()
     lines = salvage_lines(raw) if raw is not None else []
-    plan = _plan_of(svc, ref)
+    plan = through_outages(lambda: _plan_of(svc, ref), what="batch manifest")
     if plan is not None:  # the plan knows how many lines the shard holds, whatever is left of its input
         lines = (lines + [SalvagedLine(None, None, None)] * plan.lines)[: plan.lines]
     for line in lines:

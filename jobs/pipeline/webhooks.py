@@ -296,8 +296,9 @@ class WebhookSender:
                         retry_in_s=round(delay, 3), **context)
 
     def _finished(self, delivery: Delivery, future: concurrent.futures.Future) -> None:
-        if future.exception() is not None:  # recording the outcome failed (Redis away): the claim lapses, it is sent again
-            log.warning("webhook attempt not recorded", event_id=delivery.event_id, error=repr(future.exception()))
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:  # not recorded (closing, Redis away): the claim lapses, it is sent again
+            log.warning("webhook attempt not recorded", event_id=delivery.event_id, error=repr(error))
         with self._lock:
             self._busy.discard(delivery.tenant)
             self._attempted += 1

@@ -51,8 +51,11 @@ class ModelHeartbeat:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if not self._remembered:  # the durable copy a Redis that lost the models set is refilled from
-            remember_model(self.services.storage, self.model)
-            self._remembered = True
+            try:
+                remember_model(self.services.storage, self.model)
+                self._remembered = True
+            except Exception as e:  # storage away: advertise anyway, write the copy on a later beat
+                log.warning("could not record the served model in storage; retrying next heartbeat", error=repr(e))
         register_model(self.client, self.model, self.worker_id, ttl_s=int(HEARTBEAT_S * 3))
 
     def forget(self) -> None:
