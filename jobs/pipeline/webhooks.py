@@ -200,7 +200,8 @@ class WebhookSender:
                 delivery = self.outbox.claim(self.lease_s, skip_tenants=busy)
                 if delivery is None:
                     break
-                url, secret = self.settings.webhooks.get(delivery.tenant), self.settings.webhook_secrets.get(delivery.tenant)
+                url = self.settings.webhooks.get(delivery.tenant)
+                secret = self.settings.webhook_secrets.get(delivery.tenant)
                 if not delivery.body or url is None or secret is None:
                     log.warning("webhook dropped: its tenant has no endpoint (any more)", event_id=delivery.event_id,
                                 tenant=delivery.tenant)
@@ -297,7 +298,7 @@ class WebhookSender:
 
     def _finished(self, delivery: Delivery, future: concurrent.futures.Future) -> None:
         error = None if future.cancelled() else future.exception()
-        if future.cancelled() or error is not None:  # not recorded (closing, Redis away): the claim lapses, it is sent again
+        if future.cancelled() or error is not None:  # not recorded (closing, Redis away): the claim lapses, sent again
             log.warning("webhook attempt not recorded", event_id=delivery.event_id, error=repr(error))
         with self._lock:
             self._busy.discard(delivery.tenant)

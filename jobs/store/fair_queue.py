@@ -151,8 +151,8 @@ class FairQueue:
         for ref, load in shards:
             assert (ref.batch_id, ref.tenant) == (first.batch_id, first.tenant), "one batch per call"
             args += [ref.token, f"{ref.index}:{load.lines}:{load.work}:{ref.kind}"]
-        added = self._enqueue(keys=[keys.fair(model, "tenants"), keys.fair(model, "waiting"), keys.fair(model, "in_flight"),
-                                    keys.fair(model, "shards:") + first.batch_id,
+        added = self._enqueue(keys=[keys.fair(model, "tenants"), keys.fair(model, "waiting"),
+                                    keys.fair(model, "in_flight"), keys.fair(model, "shards:") + first.batch_id,
                                     keys.fair(model, "batches:") + first.tenant], args=args)
         self.release(model)
         return int(added)

@@ -82,10 +82,10 @@ class ServiceCollector:
 
     def _tenant_usage(self) -> Iterator[Metric]:
         """What each tenant holds of its quotas (counts only: no file, batch or request names)."""
-        gauges = {name: GaugeMetricFamily(f"pagebatch_tenant_{name}", help_text, labels=["tenant"]) for name, help_text in (
-            ("bytes_stored", "Bytes the tenant stores in files"),
-            ("files_stored", "Files the tenant stores"),
-            ("batches_in_flight", "The tenant's batches not finished"))}
+        gauges = {name: GaugeMetricFamily(f"pagebatch_tenant_{name}", help_text, labels=["tenant"])
+                  for name, help_text in (("bytes_stored", "Bytes the tenant stores in files"),
+                                          ("files_stored", "Files the tenant stores"),
+                                          ("batches_in_flight", "The tenant's batches not finished"))}
         lines = GaugeMetricFamily("pagebatch_tenant_lines_enqueued", "Requests the tenant has enqueued, per model",
                                   labels=["tenant", "model"])
         tokens = GaugeMetricFamily("pagebatch_tenant_tokens_enqueued",

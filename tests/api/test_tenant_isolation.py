@@ -14,7 +14,7 @@ import openai
 import pytest
 import redis
 
-from tests.batch_helpers import chat_line, jsonl, read_jsonl, submit, upload, wait_status
+from tests.batch_helpers import chat_line, jsonl, submit, upload, wait_status
 from tests.jobs.test_webhooks import SECRET, Receiver
 from tests.service_fixtures import RedisServer, Stack, stack_env, wait_for
 
@@ -107,7 +107,8 @@ def test_each_quota_refuses_its_tenant_and_nobody_else(shared):
     assert "0 of 60,000 bytes" in error.message and "100,000 bytes" in error.message
     assert stored_keys(stack, "tenant-o", "") == [] and q.files.list().data == []  # nothing of it was written
 
-    long_lines = upload(q, jsonl([chat_line(f"long-{i}", stack.model, max_tokens=600, ignore_eos=True) for i in range(2)]))
+    long_lines = upload(q, jsonl([chat_line(f"long-{i}", stack.model, max_tokens=600, ignore_eos=True)
+                                  for i in range(2)]))
     running = q.batches.create(input_file_id=long_lines.id, endpoint="/v1/chat/completions", completion_window="24h")
     error = refused(lambda: q.batches.create(input_file_id=long_lines.id, endpoint="/v1/chat/completions",
                                              completion_window="24h"), "batch_quota_exceeded")

@@ -23,7 +23,7 @@ def make(client, window=2, cap=0):
 
 
 def shards(tenant, batch, pairs):
-    """(ShardRef, ShardLoad) of (index, lines) pairs; a line weighs one unit of work unless given (index, lines, work)."""
+    """(ShardRef, ShardLoad) of (index, lines) or (index, lines, work); a line weighs one unit of work by default."""
     return [(ShardRef(batch, tenant, p[0]), ShardLoad(p[1], p[2] if len(p) > 2 else p[1])) for p in pairs]
 
 

@@ -13,7 +13,7 @@ from pagebatch.engine.pooling import PoolingParams
 from pagebatch.engine.sampling_params import SamplingParams
 from pagebatch.jobs.batch.embeddings import to_embedding_request
 from pagebatch.jobs.batch.requests import CHAT, EngineRequest, to_engine_request
-from pagebatch.jobs.batch.shard_input import (SHARD_INPUT_VERSION, EmbedSpec, GenerateSpec, PoolingSpec, SamplingSpec,
+from pagebatch.jobs.batch.shard_input import (SHARD_INPUT_VERSION, GenerateSpec, PoolingSpec, SamplingSpec,
                                               ShardUnreadable, decode_shard, encode_shard, new_header, salvage_lines)
 from pagebatch.jobs.batch.shard_ref import ShardKind, ShardRef, ShardTooNew
 from pagebatch.jobs.batch.validate import ValidLine
@@ -34,7 +34,8 @@ def test_the_schema_names_every_field_of_the_engine_types():
 def test_a_shard_round_trips_and_a_version_1_shard_is_still_read():
     chat = to_engine_request(CHAT, {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 2},
                                     "seed": 3, "n": 2, "response_format": {"type": "json_object"}}, 16)
-    surrogate = to_engine_request(CHAT, {"messages": [{"role": "user", "content": "a\udfffb"}]}, 16)  # the engine refuses it
+    # a lone surrogate: valid JSON, not UTF-8; the engine refuses it, the shard must still hold it
+    surrogate = to_engine_request(CHAT, {"messages": [{"role": "user", "content": "a\udfffb"}]}, 16)
     lines = [ValidLine(4, "c-4", "m", chat), ValidLine(6, "c-6", "m", surrogate)]
     raw = encode_shard(new_header("batch_x", 0, ShardKind.GENERATE, 2), (job.to_shard_line() for job in lines))
     assert json.loads(raw.split(b"\n")[0])["version"] == SHARD_INPUT_VERSION
@@ -74,10 +75,6 @@ def test_a_shard_ref_reads_every_version_it_knows_and_refuses_newer():
     for bad in ([], [{"batch_id": "b"}], [{"v": 1, "batch_id": "b", "tenant": "t", "shard": -1}], ["b", "t"]):
         with pytest.raises(ValueError):
             ShardRef.from_task_args(bad)
-
-
-def _shard_key(bucket_prefix: str, tenant: str, batch_id: str, index: int) -> str:
-    return f"{bucket_prefix}/tenants/{tenant}/work/{batch_id}/shards/{index:06d}.jsonl"
 
 
 def test_bad_old_and_newer_shards_on_the_real_stack(make_stack):
