@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, Response
 
-from pagebatch.api import batches, estimates, events, files, health, metrics, progress, results, ui
+from pagebatch.api import batches, estimates, events, files, health, metrics, progress, quotas, results, ui
 from pagebatch.api.errors import install_error_handlers
 from pagebatch.api.limits import BodySizeLimit
 from pagebatch.jobs.logs import configure_logging
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(quotas.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
 
     @app.middleware("http")

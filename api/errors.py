@@ -10,7 +10,7 @@ from pagebatch.jobs.errors import OUTAGE_ERRORS, ErrorKind, JobError
 
 STATUS_OF_KIND: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.CONFLICT: 409, ErrorKind.TOO_LARGE: 413,
-    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.QUOTA: 429, ErrorKind.UNAVAILABLE: 503,
 }
 RETRY_AFTER_S = "5"
 
@@ -57,6 +57,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if e.kind == ErrorKind.UNAVAILABLE:
             return error_response(status, e.message, code=code, type="server_error",
                                   headers={"Retry-After": RETRY_AFTER_S})
+        if e.kind == ErrorKind.QUOTA:  # OpenAI's shape for a quota: 429, type insufficient_quota
+            return error_response(status, e.message, param=e.param, code=code, type="insufficient_quota")
         return error_response(status, e.message, param=e.param, code=code)
 
     @app.exception_handler(RequestValidationError)

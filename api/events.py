@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pagebatch.api.deps import services, tenant
 from pagebatch.api.errors import APIError
-from pagebatch.jobs.batch.requests import CHAT
+from pagebatch.jobs.batch.schema import CHAT
 from pagebatch.jobs.pipeline.trigger_events import TriggerOptions
 from pagebatch.jobs.pipeline.trigger_start import handle_event
 from pagebatch.jobs.services import Services

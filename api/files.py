@@ -36,7 +36,7 @@ def upload(svc: Svc, owner: Tenant, file: Annotated[UploadFile, File()], purpose
     def store() -> dict[str, Any]:
         file.file.seek(0)
         return svc.files.create(owner, file.filename or "upload.jsonl", "batch", file.file, size,
-                                expires_after_s=expires_after_s).public()
+                                expires_after_s=expires_after_s, quota=svc.settings.quota_for(owner)).public()
 
     if idempotency_key is None:
         return store()

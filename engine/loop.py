@@ -45,6 +45,7 @@ class EngineLoop:
         self._futures: dict[str, Future[RequestOutput]] = {}
         self._closed = False
         self._fatal: BaseException | None = None
+        self._steps = 0
         self._thread = threading.Thread(target=self._run, name="pagebatch-engine", daemon=True)
         self._thread.start()
 
@@ -70,20 +71,29 @@ class EngineLoop:
         """Why the engine thread died; None while it runs (or after a clean close)."""
         return self._fatal
 
+    @property
+    def steps(self) -> int:
+        """Engine steps taken so far: a caller whose requests wait sees the engine move (or not)."""
+        return self._steps
+
     def is_alive(self) -> bool:
         """True while the engine thread runs and has not failed; False once it died or was closed."""
         return self._fatal is None and self._thread.is_alive()
 
     def submit(
-        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None
+        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None,
+        fairness_key: str = "",
     ) -> Future[RequestOutput]:
         """Prepare the request on this thread and queue it; the Future resolves with its output (an error
         output if it cannot run), or raises EngineDeadError if the engine thread dies first. With PoolingParams
-        the request is an embedding: its output's ``embedding`` holds the vector."""
+        the request is an embedding: its output's ``embedding`` holds the vector. ``fairness_key`` names whom
+        the request is for (a tenant): waiting requests of different keys are admitted fairly by work."""
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
             self._check_open(request_id)
         prepared = self.engine.prepare_request(prompt, params, request_id)
+        if isinstance(prepared, Request):
+            prepared.fairness_key = fairness_key
         future: Future[RequestOutput] = Future()
         with self._lock:
             self._check_open(request_id)
@@ -158,6 +168,7 @@ class EngineLoop:
         return finished
 
     def _step(self) -> list[RequestOutput]:
+        self._steps += 1
         try:
             return self.engine.step()
         except Exception as exc:  # noqa: BLE001 - the step isolates bad requests itself; this is a last resort

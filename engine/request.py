@@ -64,6 +64,8 @@ class Request:
         # set for an embedding request: prefill only, never sampled; it finishes with its prompt computed
         self.pooling: PoolingState | None = pooling
         self.metrics: RequestMetrics = RequestMetrics(arrival_time=time.time())
+        # Whom the request is for (a tenant): the scheduler shares its waiting queue fairly between keys.
+        self.fairness_key: str = ""
 
     @property
     def reads_prefix_cache(self) -> bool:
@@ -76,6 +78,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def work(self) -> int:
+        """What the request may cost the engine, in tokens: its prompt plus the most it may generate."""
+        return self.num_prompt_tokens + (0 if self.pooling is not None else int(getattr(self.params, "max_tokens", 0)))
 
     @property
     def output_token_ids(self) -> list[int]:

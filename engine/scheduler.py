@@ -10,15 +10,22 @@ had generated. After the step, ``update`` records what was computed and sampled.
 A pooling (embedding) request is prefilled like any prompt but never sampled: ``update`` finishes it
 once its whole prompt is computed. Unless it pools by the last token it reads nothing from the prefix
 cache (engine.pooling says why).
+
+Fair share: each request may carry a fairness key (whom it is for). Waiting requests are admitted from
+the key whose running requests hold the least work (engine.fair_waiting). When the next one cannot be
+admitted because the running set is full (or the pool is short of blocks), the newest running request
+of the key holding the most work is preempted for it, as long as that key still holds at least as much
+work afterwards as the newcomer's key: a key alone keeps everything, two keys converge on equal work, and
+no two keys can preempt each other back and forth.
 """
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pagebatch.engine.block_manager import BlockManager
+from pagebatch.engine.fair_waiting import FairWaitingQueue
 from pagebatch.engine.outputs import FinishReason
 from pagebatch.engine.request import Request, RequestStatus
 from pagebatch.engine.sampler import SampledToken
@@ -83,7 +90,7 @@ class Scheduler:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.requests: dict[str, Request] = {}  # every unfinished request, by id
-        self.waiting: deque[Request] = deque()
+        self.waiting = FairWaitingQueue()
         self.running: list[Request] = []
         self.num_preemptions = 0
 
@@ -99,6 +106,7 @@ class Scheduler:
     # -- before the step ----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
+        work = self._make_room_for_fair_share()
         budget = self.max_num_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
@@ -121,17 +129,19 @@ class Scheduler:
         prefilling = self._prefilling_hashes(batch.requests)
         deferred: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            req = self.waiting[0]
+            req = self.waiting.peek(work)
             reads_cache = req.reads_prefix_cache
             hits = self.blocks.match_prefix(req) if reads_cache else []
             if reads_cache and self._waits_for(req, len(hits), prefilling):
-                deferred.append(self.waiting.popleft())  # keeps its place; the requests behind it go on
+                self.waiting.pop(req)
+                deferred.append(req)  # keeps its place; the requests behind it go on
                 continue
             num_cached = len(hits) * self.blocks.block_size
             num_new = min(req.num_tokens - num_cached, budget)
             if not self.blocks.can_admit(hits, num_cached + num_new):
                 break
-            self.waiting.popleft()
+            self.waiting.pop(req)
+            work[req.fairness_key] = work.get(req.fairness_key, 0) + req.work
             self.blocks.admit(req, hits, num_cached + num_new)
             req.num_computed_tokens = num_cached
             if req.num_cached_tokens is None:  # first admission
@@ -143,8 +153,48 @@ class Scheduler:
             batch.add(req, num_new)
             budget -= num_new
             prefilling |= self._prefilling_hashes([req])
-        self.waiting.extendleft(reversed(deferred))
+        for req in reversed(deferred):
+            self.waiting.appendleft(req)
         return batch
+
+    def _running_work(self) -> dict[str, int]:
+        work: dict[str, int] = {}
+        for req in self.running:
+            work[req.fairness_key] = work.get(req.fairness_key, 0) + req.work
+        return work
+
+    def _make_room_for_fair_share(self) -> dict[str, int]:
+        """Before the step: preempt for the next waiting request if it is blocked and its key is owed room.
+
+        At most one request per step, and only the newest running request of the key holding the most work,
+        only while that key keeps at least the newcomer key's work (with the newcomer counted). Returns the
+        running work per key, for the admission that follows."""
+        work = self._running_work() if len(self.waiting.keys()) > 1 or self.running else {}
+        if not self.waiting or not self.running:
+            return work
+        req = self.waiting.peek(work)
+        if len(work) == 1 and req.fairness_key in work:
+            return work  # one key: first come, first served
+        if len(self.running) < self.max_num_seqs and self._fits(req):
+            return work
+        key = req.fairness_key
+        heaviest = max(work, key=lambda k: work[k])
+        if heaviest == key:
+            return work
+        victim = next(r for r in reversed(self.running) if r.fairness_key == heaviest)
+        if work[heaviest] - victim.work < work.get(key, 0) + req.work:
+            return work
+        self.running.remove(victim)
+        self._preempt(victim)
+        work[heaviest] -= victim.work
+        return work
+
+    def _fits(self, req: Request) -> bool:
+        """Whether the pool could admit the request's first chunk now."""
+        hits = self.blocks.match_prefix(req) if req.reads_prefix_cache else []
+        num_cached = len(hits) * self.blocks.block_size
+        first = min(req.num_tokens - num_cached, self.max_num_batched_tokens)
+        return self.blocks.can_admit(hits, num_cached + first)
 
     def _prefilling_hashes(self, requests: list[Request]) -> set[bytes]:
         if not self.blocks.enable_prefix_caching:

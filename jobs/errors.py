@@ -12,6 +12,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"  # the object is in a state that does not allow this
     TOO_LARGE = "too_large"
+    QUOTA = "quota"  # the tenant holds as much as its quota allows: free some (or wait for batches to end)
     UNAVAILABLE = "unavailable"  # a dependency (Redis, object storage) is briefly away: retry later
 
 

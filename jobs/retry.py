@@ -27,8 +27,11 @@ def backoff_delays(base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random 
 
 
 def through_outages(fn: Callable[[], T], *, what: str, deadline: float | None = None, base_s: float = 0.5,
-                    cap_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> T:
-    """``fn()``, retried while it raises an outage error and ``deadline`` (time.time()) is ahead."""
+                    cap_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                    on_wait: Callable[[], None] | None = None) -> T:
+    """``fn()``, retried while it raises an outage error and ``deadline`` (time.time()) is ahead.
+
+    ``on_wait`` is called before each wait (a running shard: waiting out an outage is not being stuck)."""
     delays = backoff_delays(base_s, cap_s)
     attempt = 0
     while True:
@@ -43,4 +46,6 @@ def through_outages(fn: Callable[[], T], *, what: str, deadline: float | None = 
                 raise
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("dependency unavailable; retrying", what=what, attempt=attempt, error=repr(e)[:300])
+            if on_wait is not None:
+                on_wait()
             sleep(delay)

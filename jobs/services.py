@@ -10,6 +10,7 @@ from pagebatch.jobs.settings import Settings
 from pagebatch.jobs.store import layout
 from pagebatch.jobs.store.files import FileStore
 from pagebatch.jobs.store.queues import Dispatcher, create_celery
+from pagebatch.jobs.store.quotas import TenantQuotas
 from pagebatch.jobs.store.registry import live_workers
 from pagebatch.jobs.store.state import BatchState, connect
 from pagebatch.jobs.store.storage import Storage, open_storage
@@ -29,18 +30,21 @@ class Services:
     state: BatchState
     files: FileStore
     dispatch: Dispatcher
+    quotas: TenantQuotas
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
         storage = open_storage(settings.storage)
         client = connect(settings.redis_url)
+        quotas = TenantQuotas(client)
         return cls(
             settings=settings,
             storage=storage,
             redis=client,
-            state=BatchState(client, storage, settings.state_ttl_s),
-            files=FileStore(storage, client),
+            state=BatchState(client, storage, settings.state_ttl_s, quotas),
+            files=FileStore(storage, client, quotas),
             dispatch=Dispatcher(create_celery(settings), client, settings),
+            quotas=quotas,
         )
 
     def health(self) -> Health:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pagebatch.engine.cache import cache_root
@@ -25,6 +25,19 @@ class TokenPrices(BaseModel):
     input: float = Field(ge=0)
     cached_input: float = Field(ge=0)
     output: float = Field(ge=0)
+
+
+class Quota(BaseModel):
+    """What one tenant may hold at once; 0 is no limit. Enqueued lines and tokens count per model, from a
+    batch's validation until it ends (tokens: each line's prompt, estimated, plus n x max_tokens)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bytes: int = Field(0, ge=0)  # bytes stored in files (uploads and batch results)
+    files: int = Field(0, ge=0)  # files stored
+    batches_in_flight: int = Field(0, ge=0)  # batches not finished
+    lines_enqueued: int = Field(0, ge=0)  # per model
+    tokens_enqueued: int = Field(0, ge=0)  # per model
 
 
 class Settings(BaseSettings):
@@ -45,6 +58,15 @@ class Settings(BaseSettings):
     dispatch_window: int = Field(8, ge=1)
     # Lines of one tenant in flight per model at once (0: no cap); a tenant always gets at least one shard.
     tenant_max_lines_in_flight: int = Field(0, ge=0)
+
+    # Per-tenant quotas (0: no limit): the default for every tenant, and overrides per tenant as JSON,
+    # '{"team1": {"bytes": 10737418240, "batches_in_flight": 50}}' (fields not named keep the default).
+    quota_bytes: int = Field(0, ge=0)
+    quota_files: int = Field(0, ge=0)
+    quota_batches_in_flight: int = Field(0, ge=0)
+    quota_lines_enqueued: int = Field(0, ge=0)
+    quota_tokens_enqueued: int = Field(0, ge=0)
+    tenant_quotas: dict[str, dict[str, int]] = Field(default_factory=dict)
 
     max_upload_bytes: int = Field(200 * MiB, ge=1)
     max_batch_bytes: int = Field(200 * MiB, ge=1)
@@ -160,6 +182,20 @@ class Settings(BaseSettings):
                 raise ValueError(usage)
             out[model] = {"input": given, "cached_input": given if cached is None else cached, "output": output}
         return out
+
+    @field_validator("tenant_quotas")
+    @classmethod
+    def _check_tenant_quotas(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for tenant, limits in value.items():
+            if not _TENANT.match(tenant):
+                raise ValueError(f"PAGEBATCH_TENANT_QUOTAS: {tenant[:64]!r} is not a tenant name")
+            Quota(**limits)  # names and ranges
+        return value
+
+    def quota_for(self, tenant: str) -> Quota:
+        """The tenant's quotas: its overrides in tenant_quotas over the quota_* defaults."""
+        defaults = {name: getattr(self, f"quota_{name}") for name in Quota.model_fields}
+        return Quota(**{**defaults, **self.tenant_quotas.get(tenant, {})})
 
     @model_validator(mode="after")
     def _every_webhook_is_signed(self) -> "Settings":

@@ -18,8 +18,9 @@ from pagebatch.engine.pooling import PoolingParams
 
 from pagebatch.jobs.batch.requests import LineError, check_parameters
 from pagebatch.jobs.batch.responses import combined_output
+from pagebatch.jobs.batch.schema import EMBEDDINGS  # noqa: F401 - re-exported: callers import it from here
+from pagebatch.jobs.batch.shard_input import EmbedSpec, PoolingSpec
 
-EMBEDDINGS = "/v1/embeddings"
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per request
 MAX_TOKEN_IDS = 300_000  # OpenAI's limit of tokens summed over a request's inputs
 ENCODING_FORMATS = ("float", "base64")
@@ -44,13 +45,14 @@ class EmbeddingRequest:
         """The engine requests of the line, one per input, in order."""
         return [(item, self.params) for item in self.inputs]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "embedding", "inputs": self.inputs, "params": asdict(self.params),
-                "encoding_format": self.encoding_format}
+    def to_spec(self) -> EmbedSpec:
+        """The request as a shard stores it (jobs/batch/shard_input.py)."""
+        return EmbedSpec(inputs=self.inputs, pooling=PoolingSpec(**asdict(self.params)),
+                         encoding_format=self.encoding_format)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EmbeddingRequest":
-        return cls(data["inputs"], PoolingParams(**data["params"]), data.get("encoding_format", "float"))
+    def from_spec(cls, spec: EmbedSpec) -> "EmbeddingRequest":
+        return cls(list(spec.inputs), PoolingParams(**spec.pooling.model_dump()), spec.encoding_format)
 
 
 def to_embedding_request(body: dict[str, Any]) -> EmbeddingRequest:

@@ -4,14 +4,17 @@ A line is parsed when its file is validated; the parsed request is what a shard 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.jobs.batch.line_errors import LineError
+from pagebatch.jobs.batch.schema import CHAT, COMPLETIONS
+from pagebatch.jobs.batch.shard_input import GenerateSpec, SamplingSpec
 from pagebatch.jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
 
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
+__all__ = ["CHAT", "COMPLETIONS", "EngineRequest", "LineError", "MAX_N", "Prompt", "check_parameters",
+           "derived_seed", "to_engine_request"]
 
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Accepted and ignored: they change nothing about the generated text.
@@ -38,16 +41,6 @@ _UNSUPPORTED = {
 MAX_N = 128  # choices per line
 
 
-class LineError(Exception):
-    """A request that cannot run, reported back in OpenAI's error shape."""
-
-    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.param = param
-
-
 Prompt = str | list[int] | list[dict[str, str]]
 
 
@@ -58,15 +51,19 @@ class EngineRequest:
     n: int = 1  # choices: one engine request each
     echo: dict[str, Any] | None = None  # request fields the response repeats (the Responses API's)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "params": asdict(self.params), "n": self.n, "echo": self.echo}
+    def to_spec(self) -> GenerateSpec:
+        """The request as a shard stores it (jobs/batch/shard_input.py); fields are copied by name."""
+        sampling = asdict(self.params)  # the GrammarSpec in ``structured`` becomes its dict too
+        unknown = set(sampling) - set(SamplingSpec.model_fields)
+        if unknown:
+            raise TypeError(f"SamplingSpec lacks SamplingParams fields {sorted(unknown)}: add them to the shard schema")
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        return GenerateSpec(sampling=SamplingSpec(**sampling), **own)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineRequest":
-        params = dict(data["params"])
-        if params.get("logit_bias"):  # JSON object keys are strings
-            params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
-        return cls(data["prompt"], SamplingParams(**params), data.get("n", 1), data.get("echo"))
+    def from_spec(cls, spec: GenerateSpec) -> "EngineRequest":
+        own = {name: getattr(spec, name) for name in GenerateSpec.model_fields if name not in ("kind", "sampling")}
+        return cls(params=SamplingParams(**spec.sampling.model_dump()), **own)
 
     def calls(self) -> list[tuple[Prompt, SamplingParams]]:
         """The engine requests of the line, one per choice, in order."""

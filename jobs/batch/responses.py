@@ -9,8 +9,11 @@ from typing import Any
 from pagebatch.engine.outputs import RequestMetrics
 
 from pagebatch.jobs.batch.ids import LineIds
-from pagebatch.jobs.batch.requests import CHAT, LineError
-from pagebatch.jobs.batch.responses_api import RESPONSES, response_object
+from pagebatch.jobs.batch.line_errors import batch_error_line, request_error_line
+from pagebatch.jobs.batch.responses_api import response_object
+from pagebatch.jobs.batch.schema import CHAT, RESPONSES
+
+__all__ = ["batch_error_line", "combined_output", "output_line", "request_error_line", "response_body"]
 
 
 def response_body(endpoint: str, model: str, output: Any | Sequence[Any], response_id: str,
@@ -116,16 +119,3 @@ def _completion_logprobs(logprobs: list[Any] | None) -> dict[str, Any] | None:
 def output_line(ids: LineIds, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": ids.line_id, "custom_id": custom_id,
             "response": {"status_code": 200, "request_id": ids.request_id, "body": body}, "error": None}
-
-
-def request_error_line(ids: LineIds, custom_id: str | None, error: LineError) -> dict[str, Any]:
-    """A request the server refused (HTTP 400 in the online API)."""
-    body = {"error": {"message": error.message, "type": "invalid_request_error", "param": error.param,
-                      "code": error.code}}
-    return {"id": ids.line_id, "custom_id": custom_id,
-            "response": {"status_code": 400, "request_id": ids.request_id, "body": body}, "error": None}
-
-
-def batch_error_line(ids: LineIds, custom_id: str | None, code: str, message: str) -> dict[str, Any]:
-    """A request the batch did not run to the end: cancelled, expired, or its shard failed."""
-    return {"id": ids.line_id, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pagebatch.jobs.batch.requests import CHAT, EngineRequest, LineError, check_parameters, to_engine_request
+from pagebatch.jobs.batch.requests import EngineRequest, LineError, check_parameters, to_engine_request
+from pagebatch.jobs.batch.schema import CHAT, RESPONSES
 
-RESPONSES = "/v1/responses"
+__all__ = ["RESPONSES", "parse_body", "response_object", "to_chat_body"]
+
 _ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "text", "metadata")
 
 _IGNORED = {"model", "metadata", "store", "user", "service_tier", "prompt_cache_key", "safety_identifier",

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pagebatch.jobs.batch.ids import LineIds
-from pagebatch.jobs.batch.responses import batch_error_line, request_error_line
+from pagebatch.jobs.batch.line_errors import batch_error_line, request_error_line
 from pagebatch.jobs.batch.schema import BatchUsage, UsageRecord
-from pagebatch.jobs.batch.validate import RejectedLine, ValidLine
+
+if TYPE_CHECKING:  # only named in annotations: results stay importable without the engine (the API's sweeper)
+    from pagebatch.jobs.batch.validate import RejectedLine
+
+
+class LineRef(Protocol):
+    """What reporting a line that did not run needs of it (a ValidLine, a stored ShardLine, a SalvagedLine)."""
+
+    line: int | None
+    custom_id: str | None
+    model: str | None
 
 
 # Characters that str.splitlines() and other line splitters break on but JSON leaves unescaped.
@@ -65,10 +75,12 @@ class ShardResult:
         self.add_error(request_error_line(ids, rejected.custom_id, rejected.error),
                        usage_record(ctx, rejected.line, rejected.custom_id, rejected.model, "error"))
 
-    def add_not_run(self, ctx: RequestContext, job: ValidLine, code: str, message: str) -> None:
-        ids = LineIds.of(ctx.batch_id, job.line)
+    def add_not_run(self, ctx: RequestContext, job: LineRef, code: str, message: str, line: int = 0) -> None:
+        """``line``: where to report a line whose own number could not be read (an unreadable shard's)."""
+        number = job.line if job.line is not None else line
+        ids = LineIds.of(ctx.batch_id, number)
         self.add_error(batch_error_line(ids, job.custom_id, code, message),
-                       usage_record(ctx, job.line, job.custom_id, job.model, code))
+                       usage_record(ctx, number, job.custom_id, job.model, code))
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.__dict__, ensure_ascii=False).encode()

@@ -7,7 +7,11 @@ from pydantic import BaseModel, Field
 
 from pagebatch.jobs.batch.lifecycle import BatchStatus
 
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS: tuple[str, ...] = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS)
 
 
 class RequestCounts(BaseModel):
@@ -76,7 +80,8 @@ class BatchRecord(Batch):
     """What batch.json holds: the public object plus the owner and the shard plan."""
 
     tenant: str
-    num_shards: int | None = None
+    num_shards: int | None = None  # set when the batch is prepared (with request_counts.total and rejected)
+    rejected: int = 0  # lines refused at validation: failed before any shard ran
     cancel_requested: bool = False
     # Set only by S3 triggers, never from a request: the model for lines that name none, and the
     # s3://bucket/prefix/ the finished batch's files are copied to (see jobs/outbox.py).
@@ -86,8 +91,8 @@ class BatchRecord(Batch):
     output_expires_after_s: int | None = None
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"tenant", "num_shards", "cancel_requested", "default_model",
-                                                     "outbox", "output_expires_after_s"})
+        return self.model_dump(mode="json", exclude={"tenant", "num_shards", "rejected", "cancel_requested",
+                                                     "default_model", "outbox", "output_expires_after_s"})
 
 
 FilePurpose = Literal["batch", "batch_output"]

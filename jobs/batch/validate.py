@@ -10,8 +10,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pagebatch.jobs.batch.embeddings import EMBEDDINGS, EmbeddingRequest, to_embedding_request
+from pagebatch.jobs.batch.line_scan import top_level_string
 from pagebatch.jobs.batch.requests import EngineRequest, LineError
 from pagebatch.jobs.batch.responses_api import parse_body
+from pagebatch.jobs.batch.shard_input import EmbedSpec, ShardLine
 
 MAX_CUSTOM_ID = 512
 
@@ -31,16 +33,15 @@ class ValidLine:
     model: str
     request: EngineRequest | EmbeddingRequest  # the body, parsed once, here
 
-    def to_json(self) -> str:
-        return json.dumps({"line": self.line, "custom_id": self.custom_id, "model": self.model,
-                           "request": self.request.to_dict()})
+    def to_shard_line(self) -> ShardLine:
+        """The line as a shard input stores it (jobs/batch/shard_input.py)."""
+        return ShardLine(line=self.line, custom_id=self.custom_id, model=self.model, request=self.request.to_spec())
 
     @classmethod
-    def from_json(cls, raw: str) -> "ValidLine":
-        data = json.loads(raw)
-        request = data["request"]
-        kind = EmbeddingRequest if request.get("kind") == "embedding" else EngineRequest
-        return cls(data["line"], data["custom_id"], data["model"], kind.from_dict(request))
+    def from_shard_line(cls, stored: ShardLine) -> "ValidLine":
+        spec = stored.request
+        request = EmbeddingRequest.from_spec(spec) if isinstance(spec, EmbedSpec) else EngineRequest.from_spec(spec)
+        return cls(stored.line, stored.custom_id, stored.model, request)
 
 
 @dataclass
@@ -104,8 +105,10 @@ def _check_line(
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         return reject(f"line {number} is not valid JSON: {e}", "invalid_json")
-    except RecursionError:
-        return reject(f"line {number} nests JSON too deeply", "invalid_json")
+    except RecursionError:  # deeper than the parser goes: the custom_id is still read, so the error line keeps it
+        custom_id = top_level_string(raw, "custom_id")
+        return reject(f"line {number} nests JSON too deeply to be read (more than about 900 levels)", "invalid_json",
+                      custom_id=custom_id if custom_id and len(custom_id) <= MAX_CUSTOM_ID else None)
     if not isinstance(data, dict):
         return reject(f"line {number} is not a JSON object", "invalid_request")
     custom_id = data.get("custom_id")

@@ -21,7 +21,7 @@ from pagebatch.jobs.batch import lifecycle
 from pagebatch.jobs.batch.conclusion import RESULT_KINDS, conclude, write_result_files
 from pagebatch.jobs.batch.ids import new_batch_id
 from pagebatch.jobs.batch.lifecycle import Event
-from pagebatch.jobs.batch.requests import CHAT
+from pagebatch.jobs.batch.schema import CHAT
 from pagebatch.jobs.batch.merge import MergedCounts, loaded
 from pagebatch.jobs.batch.results import RequestContext, ShardResult
 from pagebatch.jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, BatchRecord

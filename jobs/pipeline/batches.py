@@ -39,11 +39,18 @@ def expires_after_seconds(value: object, param: str) -> int | None:
     if not isinstance(value, dict) or value.get("anchor") != "created_at" or set(value) - {"anchor", "seconds"}:
         raise JobError(f'{param} must be {{"anchor": "created_at", "seconds": N}}', param=param)
     seconds = value.get("seconds")
-    if isinstance(seconds, str) and seconds.isdigit():
+    # A form field is text: ASCII digits only ("³" is a digit to str.isdigit, not to int), and few of them.
+    if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit() and len(seconds) <= 12:
         seconds = int(seconds)
     if not isinstance(seconds, int) or isinstance(seconds, bool) or not low <= seconds <= high:
-        raise JobError(f"{param}.seconds must be an integer from {low} to {high}", param=param)
+        raise JobError(f"{param}.seconds must be an integer from {low} to {high} (seconds), got "
+                       f"{_shown(seconds)}", param=param)
     return seconds
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def check_metadata(metadata: dict[str, str] | None) -> None:
@@ -75,7 +82,12 @@ def create_batch(svc: Services, tenant: str, *, input_file_id: str, endpoint: st
                          completion_window=completion_window, created_at=now, expires_at=now + window,
                          metadata=metadata, default_model=default_model, outbox=outbox,
                          output_expires_after_s=output_expires_after_s)
-    svc.state.create(record)
+    svc.quotas.admit_batch(tenant, record.id, svc.settings.quota_for(tenant))  # QuotaExceeded: nothing written
+    try:
+        svc.state.create(record)
+    except BaseException:
+        svc.quotas.forget_batch(tenant, record.id)
+        raise
     svc.dispatch.prepare(record.id, tenant)
     log.info("batch created", batch_id=record.id, tenant=tenant, input_file_id=input_file_id, endpoint=endpoint)
     return record

@@ -15,6 +15,7 @@ from pagebatch.engine.sampling_params import SamplingParams
 
 from pagebatch.jobs.batch.embeddings import EMBEDDINGS, embedding_error, embeddings_body, embeddings_usage
 from pagebatch.jobs.batch.ids import LineIds
+from pagebatch.jobs.batch.line_errors import STOP_MESSAGES
 from pagebatch.jobs.batch.requests import CHAT, LineError
 from pagebatch.jobs.batch.responses import batch_error_line, combined_output, output_line, request_error_line, response_body
 from pagebatch.jobs.batch.results import RequestContext, ShardResult, usage_record
@@ -23,11 +24,6 @@ from pagebatch.jobs.engine_host import EngineHandle
 from pagebatch.jobs.logs import get_logger
 
 log = get_logger(__name__)
-
-STOP_MESSAGES = {
-    "batch_cancelled": "The batch was cancelled before this request finished.",
-    "batch_expired": "This request could not be executed before the completion window expired.",
-}
 
 StopCheck = Callable[[], str | None]  # returns a stop code ("batch_cancelled" / "batch_expired") or None
 Progress = Callable[[int, int], None]  # (completed, failed) so far
@@ -46,6 +42,8 @@ def execute(
     poll_s: float = 0.5,
     window: int | None = None,
     result: ShardResult | None = None,
+    fairness_key: str = "",
+    on_poll: Callable[[], None] | None = None,
 ) -> ShardResult:
     """A line with ``n`` choices is n engine requests (ids suffixed ``-c<i>`` past the first), each with its own
     seed derived from the line's (``EngineRequest.choice_params``); an embeddings line is one engine request per
@@ -56,7 +54,9 @@ def execute(
     bounded queue and its preparation overlaps generation.
 
     ``result``: where the lines go as they finish (default: a new ShardResult); ``pagebatch run`` passes one that
-    also writes each finished line to its journal."""
+    also writes each finished line to its journal. ``fairness_key`` (the tenant) is what the engine shares its
+    waiting queue fairly between; ``on_poll`` is called once per poll interval while requests are in flight, and
+    after each line is submitted."""
     result = ShardResult() if result is None else result
     finished: queue.SimpleQueue[tuple[_Line, int, cf.Future]] = queue.SimpleQueue()
     in_flight: dict[str, tuple[_Line, int]] = {}
@@ -71,8 +71,10 @@ def execute(
             line = _Line(job, request_prefix)
             for i, (request_id, (prompt, params)) in enumerate(zip(line.request_ids, line.calls)):
                 in_flight[request_id] = (line, i)
-                future = loop.submit(prompt, params, request_id=request_id)
+                future = loop.submit(prompt, params, request_id=request_id, fairness_key=fairness_key)
                 future.add_done_callback(lambda f, line=line, i=i: finished.put((line, i, f)))
+            if on_poll is not None:
+                on_poll()  # preparing a long shard's requests takes a while too
 
     submit_more()
     aborted = False
@@ -93,6 +95,8 @@ def execute(
         next_check = time.monotonic() + poll_s
         if on_progress is not None:
             on_progress(result.completed, result.failed)
+        if on_poll is not None:
+            on_poll()
         if not aborted and in_flight:
             stop = should_stop()
             if stop:

@@ -1,7 +1,9 @@
 """The end of a batch: count each finished shard once, start finalize exactly once, and merge the results.
 
-Only the caller whose compare-and-set moves the batch to ``finalizing`` sends the finalize task;
-finalize merges the stored shard results into the output, error and usage files, and its own
+A batch is ready to finalize when it is prepared (its plan recorded: ``num_shards``) and that many of its
+shards are done (jobs/store/shard_ledger.py, the one record of "done"). Only the caller whose
+compare-and-set moves the batch to ``finalizing`` sends the finalize task; finalize merges the stored
+shard results (and prepare's rejected lines) into the output, error and usage files, and its own
 terminal transition is compare-and-set too, so a re-run finalize changes nothing.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pagebatch.jobs.batch.manifest import Manifest
 from pagebatch.jobs.batch.merge import Source
 from pagebatch.jobs.batch.results import ShardResult
 from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.batch.shard_ref import ShardRef
 from pagebatch.jobs.logs import get_logger
 from pagebatch.jobs.pipeline.outbox import publish as publish_outbox
 from pagebatch.jobs.pipeline.webhooks import enqueue as enqueue_webhook
@@ -27,9 +30,6 @@ from pagebatch.jobs.store.storage import NotFound
 
 log = get_logger(__name__)
 
-PREPARE_SHARD = "prepare"  # rejected lines count as one extra "shard", done when prepare ends
-
-
 def load_manifest(svc: Services, tenant: str, batch_id: str) -> Manifest | None:
     try:
         return Manifest.from_bytes(svc.storage.get_bytes(layout.manifest(tenant, batch_id)))
@@ -37,21 +37,26 @@ def load_manifest(svc: Services, tenant: str, batch_id: str) -> Manifest | None:
         return None
 
 
-def finish_shard(svc: Services, batch_id: str, tenant: str, shard: str, *, completed: int, failed: int,
-                 redelivered: bool = False) -> None:
-    """Record the shard (its results are already in storage) and, if it was the last, start finalize.
+def finish_shard(svc: Services, ref: ShardRef, *, completed: int, failed: int, redelivered: bool = False) -> None:
+    """Record the shard done (its results are already in storage) and, if it was the last, start finalize.
 
     A redelivered shard task also re-sends finalize, in case its first run died between the two steps.
     """
-    done = svc.state.mark_done(batch_id, shard, completed, failed)
+    done = svc.state.shards.mark_done(ref, completed, failed)
     if done < 0:
         return  # the batch's live state was lost; the recovery sweeper rebuilds it from storage
-    maybe_finalize(svc, batch_id, tenant, done, redelivered)
+    maybe_finalize(svc, ref.batch_id, ref.tenant, redelivered, done=done)
 
 
-def maybe_finalize(svc: Services, batch_id: str, tenant: str, done: int, redelivered: bool = False) -> None:
+def maybe_finalize(svc: Services, batch_id: str, tenant: str, redelivered: bool = False, *,
+                   done: int | None = None) -> None:
+    """Start finalize if the batch is prepared and every shard is done (``done``: how many, when known)."""
     record = svc.state.get_live(batch_id)
-    if record is None or record.num_shards is None or done < record.num_shards + 1:
+    if record is None or record.num_shards is None:
+        return
+    if done is None:
+        done = len(svc.state.shards.done(batch_id))
+    if done < record.num_shards:
         return
     changed, record = svc.state.transition(batch_id, Event.FINALIZE)
     if changed or (redelivered and record is not None and record.status == BatchStatus.FINALIZING):

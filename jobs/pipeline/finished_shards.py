@@ -1,8 +1,8 @@
 """Which of a running batch's shards are finished, and where their results are.
 
 The one place that results-while-running and the progress stream learn it from: it reads the batch's
-done set (jobs/store/state.py), its manifest and the shard result keys (jobs/store/layout.py). When the
-shard contract changes, this is the function to follow it.
+done record (``svc.state.shards``, jobs/store/shard_ledger.py), its manifest and the shard result keys
+(jobs/store/layout.py). When the shard contract changes, this is the function to follow it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pagebatch.jobs.batch.manifest import Manifest
 from pagebatch.jobs.batch.results import ShardResult
 from pagebatch.jobs.batch.schema import BatchRecord
-from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, load_manifest
+from pagebatch.jobs.pipeline.finalize import load_manifest
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.store import layout
 
@@ -57,21 +57,18 @@ _manifests = _ManifestCache()
 
 def finished_shards(svc: Services, record: BatchRecord) -> list[FinishedShard]:
     """The batch's shards whose results are in storage now, in input-line order (the rejected lines first)."""
-    done = svc.state.done_shards(record.id)
-    if not done:
-        return []
     manifest = _manifests.get(svc, record.tenant, record.id)
     if manifest is None:
         return []  # not prepared yet (or already cleaned up by finalize)
+    done = svc.state.shards.done(record.id)
 
     def load(key: str) -> Callable[[], ShardResult]:
         return lambda: ShardResult.from_bytes(svc.storage.get_bytes(key))
 
-    finished = []
-    if PREPARE_SHARD in done:
-        finished.append(FinishedShard(None, None, None, load(layout.prepare_result(record.tenant, record.id))))
+    # prepare writes the rejected lines before the manifest: a prepared batch has them (perhaps none)
+    finished = [FinishedShard(None, None, None, load(layout.prepare_result(record.tenant, record.id)))]
     for plan in sorted(manifest.shards, key=lambda p: p.first_line):
-        if str(plan.index) in done:
+        if plan.index in done:
             finished.append(FinishedShard(plan.index, plan.first_line, plan.lines,
                                           load(layout.shard_result(record.tenant, record.id, plan.index))))
     return finished

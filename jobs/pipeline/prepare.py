@@ -1,21 +1,36 @@
-"""First step of a batch: validate the input file, write shards per model, then start them."""
+"""First step of a batch: validate the input file, write shards per model, then start them.
+
+Shards are written in the shard-input schema (jobs/batch/shard_input.py); the manifest, written last,
+says the batch is prepared. One process at a time writes a batch's shards (a short Redis lock that
+prepare and the deadline sweep both take), and a batch past its window before anyone prepared it is
+left to the deadline sweep, which accounts for its lines (jobs/pipeline/deadlines.py).
+"""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from pagebatch.jobs.batch.cost import line_cost
 from pagebatch.jobs.batch.lifecycle import BatchStatus, Event
 from pagebatch.jobs.batch.manifest import Manifest, ShardPlan
 from pagebatch.jobs.batch.results import RequestContext, ShardResult
 from pagebatch.jobs.batch.schema import BatchError, BatchErrors, BatchRecord
+from pagebatch.jobs.batch.shard_input import encode_shard, new_header
+from pagebatch.jobs.batch.shard_ref import ShardKind
 from pagebatch.jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
 from pagebatch.jobs.logs import get_logger
-from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, finish_shard, load_manifest
+from pagebatch.jobs.pipeline.finalize import load_manifest, maybe_finalize
 from pagebatch.jobs.pipeline.outbox import publish_best_effort as publish_outbox
+from pagebatch.jobs.pipeline.plan import PrepareBusy, dispatch_undone, preparing, start_batch
 from pagebatch.jobs.pipeline.webhooks import enqueue_best_effort as enqueue_webhook
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.store import layout
+from pagebatch.jobs.store.quotas import QuotaExceeded
 from pagebatch.jobs.store.registry import known_models
 from pagebatch.jobs.store.storage import NotFound
 
 log = get_logger(__name__)
+__all__ = ["PrepareBusy", "fail_batch", "limits_from", "prepare_batch"]
 
 
 def limits_from(svc: Services) -> Limits:
@@ -32,47 +47,44 @@ def prepare_batch(svc: Services, batch_id: str, tenant: str, worker: str) -> Non
         return  # gone from Redis (the sweeper restores it) or already past this step
     manifest = load_manifest(svc, tenant, batch_id)
     if manifest is None:
-        try:
-            manifest = _validate_and_split(svc, record, worker)
-        except FileError as e:
-            fail_batch(svc, batch_id, tenant, e.code, e.message, e.line)
+        if record.expires_at is not None and time.time() >= record.expires_at:
+            log.info("batch expired before it was prepared; the deadline sweep accounts for its lines")
             return
-
-    def record_plan(r: BatchRecord) -> bool:
-        if r.num_shards is not None:
-            return False  # a redelivered prepare: the plan is recorded already
-        r.num_shards, r.request_counts.total, r.model = len(manifest.shards), manifest.total, manifest.model
-        return True
-
-    svc.state.transition(batch_id, Event.START, record_plan)
-    log.info("batch validated", total=manifest.total, rejected=manifest.rejected, shards=len(manifest.shards))
-    dispatch_undone(svc, batch_id, tenant, manifest)
-    finish_shard(svc, batch_id, tenant, PREPARE_SHARD, completed=0, failed=manifest.rejected)
-
-
-def dispatch_undone(svc: Services, batch_id: str, tenant: str, manifest: Manifest, done: set[str] | None = None
-                    ) -> None:
-    """Queue every shard not done yet (a redelivery queues nothing twice: the fair queue dedupes)."""
-    done = svc.state.done_shards(batch_id) if done is None else done
-    for model in dict.fromkeys(plan.model for plan in manifest.shards):
-        svc.dispatch.shards(batch_id, tenant, model, [(p.index, p.lines) for p in manifest.shards
-                                                      if p.model == model and str(p.index) not in done])
+        with preparing(svc, batch_id) as keep_alive:
+            manifest = load_manifest(svc, tenant, batch_id)  # the holder before us may have finished it
+            if manifest is None:
+                try:
+                    manifest = _validate_and_split(svc, record, worker, keep_alive)
+                except FileError as e:
+                    fail_batch(svc, batch_id, tenant, e.code, e.message, e.line)
+                    return
+    try:
+        svc.quotas.reserve_enqueued(tenant, batch_id, manifest.enqueued(), svc.settings.quota_for(tenant))
+    except QuotaExceeded as e:
+        fail_batch(svc, batch_id, tenant, e.code, e.message)
+        return
+    if start_batch(svc, record, manifest):
+        log.info("batch validated", total=manifest.total, rejected=manifest.rejected, shards=len(manifest.shards))
+    dispatch_undone(svc, record.id, tenant, manifest)
+    maybe_finalize(svc, batch_id, tenant, redelivered=True)  # no shards at all, or a redelivered prepare
 
 
-def _validate_and_split(svc: Services, record: BatchRecord, worker: str) -> Manifest:
+def _validate_and_split(svc: Services, record: BatchRecord, worker: str, keep_alive: Callable[[], None]) -> Manifest:
     tenant, batch_id = record.tenant, record.id
     limits = limits_from(svc)
     try:
         check_size(svc.storage.size(layout.file_content(tenant, record.input_file_id)), limits)
         lines = svc.files.lines(tenant, record.input_file_id)
-        models = known_models(svc.redis)
+        models = known_models(svc.redis, svc.storage)
         rejected = ShardResult()
         ctx = RequestContext(batch_id, tenant, worker)
         buffers: dict[str, list[ValidLine]] = {}
-        manifest = Manifest(total=0, rejected=0, model=None)
+        manifest = Manifest(total=0, rejected=0, model=None, kind=ShardKind.of_endpoint(record.endpoint))
         for verdict in check_lines(lines, endpoint=record.endpoint, known_models=models, limits=limits,
                                    default_model=record.default_model):
             manifest.total += 1
+            if manifest.total % 1000 == 0:
+                keep_alive()
             if isinstance(verdict, RejectedLine):
                 rejected.add_rejected(ctx, verdict)
                 continue
@@ -93,9 +105,12 @@ def _validate_and_split(svc: Services, record: BatchRecord, worker: str) -> Mani
 
 def _write_shard(svc: Services, record: BatchRecord, manifest: Manifest, model: str, jobs: list[ValidLine]) -> None:
     index = len(manifest.shards)
-    data = "\n".join(job.to_json() for job in jobs).encode()
-    svc.storage.put_bytes(layout.shard_input(record.tenant, record.id, index), data)
-    manifest.shards.append(ShardPlan(index, model, len(jobs), jobs[0].line))
+    header = new_header(record.id, index, manifest.kind, len(jobs))
+    svc.storage.put_bytes(layout.shard_input(record.tenant, record.id, index),
+                          encode_shard(header, (job.to_shard_line() for job in jobs)))
+    costs = [line_cost(job.request) for job in jobs]
+    manifest.shards.append(ShardPlan(index, model, len(jobs), jobs[0].line, work=sum(c.work for c in costs),
+                                     tokens=sum(c.enqueued_tokens for c in costs)))
 
 
 def fail_batch(svc: Services, batch_id: str, tenant: str, code: str, message: str, line: int | None = None) -> None:

@@ -1,18 +1,18 @@
 """Rebuilds batches whose live state Redis lost (a restart without persistence) from storage.
 
 Storage holds everything needed: batch.json, the shard manifest and each finished shard's results.
-A batch listed under ``active/`` but missing from Redis is reloaded, and its unfinished work re-sent.
+A batch listed under ``active/`` but missing from Redis is reloaded (with the shards whose results are
+stored marked done, and the lines and tokens it had reserved of its tenant's quota), and its unfinished
+work re-sent.
 """
 from __future__ import annotations
-
-import json
 
 from pagebatch.jobs.batch import lifecycle
 from pagebatch.jobs.batch.lifecycle import BatchStatus
 from pagebatch.jobs.batch.results import ShardResult
 from pagebatch.jobs.logs import get_logger
-from pagebatch.jobs.pipeline.finalize import PREPARE_SHARD, load_manifest, maybe_finalize
-from pagebatch.jobs.pipeline.prepare import dispatch_undone
+from pagebatch.jobs.pipeline.finalize import load_manifest, maybe_finalize
+from pagebatch.jobs.pipeline.plan import dispatch_undone
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.store import keys, layout
 from pagebatch.jobs.store.storage import NotFound
@@ -44,25 +44,22 @@ def restore(svc: Services, tenant: str, batch_id: str) -> None:
         svc.state.forget_active(batch_id)
         return
     manifest = load_manifest(svc, tenant, batch_id)
-    progress: dict[str, str] = {}
-    done: list[str] = []
-    shards = [] if manifest is None else [PREPARE_SHARD, *range(len(manifest.shards))]
-    for shard in shards:
-        key = (layout.prepare_result(tenant, batch_id) if shard == PREPARE_SHARD
-               else layout.shard_result(tenant, batch_id, shard))
+    finished: dict[int, tuple[int, int]] = {}
+    for plan in manifest.shards if manifest is not None else []:
         try:
-            result = ShardResult.from_bytes(svc.storage.get_bytes(key))
+            result = ShardResult.from_bytes(svc.storage.get_bytes(layout.shard_result(tenant, batch_id, plan.index)))
         except NotFound:
             continue
-        done.append(str(shard))
-        progress[str(shard)] = json.dumps({"completed": result.completed, "failed": result.failed})
-    svc.state.load_live(record, progress, done)
-    log.warning("restoring a batch lost from Redis", batch_id=batch_id, status=record.status, done=len(done))
+        finished[plan.index] = (result.completed, result.failed)
+    svc.state.load_live(record, finished)
+    log.warning("restoring a batch lost from Redis", batch_id=batch_id, status=record.status, done=len(finished))
     if manifest is None or record.num_shards is None:
         svc.dispatch.prepare(batch_id, tenant)  # prepare re-sends whatever shards are not done
         return
+    # Accepted already: counted again as it was, never refused.
+    svc.quotas.reserve_enqueued(tenant, batch_id, manifest.enqueued(), svc.settings.quota_for(tenant), check=False)
     if record.status == BatchStatus.FINALIZING:
         svc.dispatch.finalize(batch_id, tenant)
         return
-    dispatch_undone(svc, batch_id, tenant, manifest, set(done))
-    maybe_finalize(svc, batch_id, tenant, len(done))
+    dispatch_undone(svc, batch_id, tenant, manifest, frozenset(finished))
+    maybe_finalize(svc, batch_id, tenant)

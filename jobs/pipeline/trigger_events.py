@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from pagebatch.jobs.batch.requests import CHAT
+from pagebatch.jobs.batch.schema import CHAT
 from pagebatch.jobs.errors import ErrorKind, JobError
 from pagebatch.jobs.store.storage import is_bucket_name
 

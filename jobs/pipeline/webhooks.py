@@ -5,7 +5,8 @@ calls :func:`enqueue`, which only records the delivery in Redis (jobs/store/webh
 workers' ``webhooks`` background thread (:class:`WebhookSender`) POSTs due deliveries to the tenant's
 endpoint (``PAGEBATCH_WEBHOOKS``), signed per Standard Webhooks with the tenant's secret
 (``PAGEBATCH_WEBHOOK_SECRETS``), and retries a failure (error, timeout, non-2xx, a redirect) with
-exponential backoff and jitter until ``webhook_max_attempts`` or ``webhook_max_age_s``. Delivery is
+exponential backoff and jitter until ``webhook_max_attempts`` or ``webhook_max_age_s``. Receivers are
+sent to concurrently and each attempt has one total deadline, so a slow receiver delays only its own events. Delivery is
 at least once: receivers dedupe by ``webhook-id``, which is the same on every attempt of one event.
 
 The body is OpenAI's event object,
@@ -15,11 +16,14 @@ event type, so a re-run step enqueues the same event, never a second one.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -155,51 +159,129 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rand: Callable[[], floa
 
 
 class WebhookSender:
-    """Sends due deliveries, one claimed at a time; run on a ``Periodic`` in every worker."""
+    """Sends due deliveries, concurrently, each receiver on its own.
 
-    def __init__(self, svc: Services, *, budget_s: float = 30.0) -> None:
+    At most one attempt per receiver (tenant) is in flight in this process, and every attempt has one total
+    deadline, ``webhook_timeout_s``, for connecting, sending and the whole answer (not per read): a receiver
+    that drips its answer a byte at a time costs its own events that long, and nobody else's. Attempts run
+    as coroutines on the sender's own event-loop thread; :meth:`pump` (the worker calls it every
+    ``webhook_interval_s``, and each finished attempt calls it again) claims what is due for receivers not
+    busy and starts it. :meth:`deliver_due` pumps and waits until nothing is due or in flight.
+    """
+
+    def __init__(self, svc: Services, *, budget_s: float = 30.0, max_concurrent: int = 32) -> None:
         self.svc = svc
         self.settings = svc.settings
         self.outbox = outbox_of(svc)
         self.budget_s = budget_s
-        # Long enough for one send (connect, write and read each get the timeout) and then some: a claim
-        # that runs out lets another worker send the same delivery again (harmless, the id is the same).
+        self.max_concurrent = max_concurrent
+        # Long enough for one attempt and then some: a claim that runs out lets another worker send the same
+        # delivery again (harmless, the id is the same).
         self.lease_s = max(30.0, 4 * self.settings.webhook_timeout_s)
-        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pumping = threading.Lock()
+        self._busy: set[str] = set()  # receivers with an attempt in flight here
+        self._attempted = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._http: httpx.AsyncClient | None = None
 
-    @property
-    def http(self) -> httpx.Client:
-        if self._http is None:
-            self._http = httpx.Client(timeout=self.settings.webhook_timeout_s, follow_redirects=False,
-                                      headers={"user-agent": USER_AGENT})
-        return self._http
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+    # --- starting attempts ---------------------------------------------------------------------------
+    def pump(self) -> int:
+        """Start an attempt for every due delivery whose receiver is not busy; how many were started."""
+        started = 0
+        with self._pumping:
+            while True:
+                with self._lock:
+                    if len(self._busy) >= self.max_concurrent:
+                        break
+                    busy = sorted(self._busy)
+                delivery = self.outbox.claim(self.lease_s, skip_tenants=busy)
+                if delivery is None:
+                    break
+                url = self.settings.webhooks.get(delivery.tenant)
+                secret = self.settings.webhook_secrets.get(delivery.tenant)
+                if not delivery.body or url is None or secret is None:
+                    log.warning("webhook dropped: its tenant has no endpoint (any more)", event_id=delivery.event_id,
+                                tenant=delivery.tenant)
+                    self.outbox.finish(delivery)
+                    with self._lock:
+                        self._attempted += 1
+                    continue
+                with self._lock:
+                    self._busy.add(delivery.tenant)
+                future = asyncio.run_coroutine_threadsafe(self._attempt(delivery, url, secret), self._event_loop())
+                future.add_done_callback(lambda f, d=delivery: self._finished(d, f))
+                started += 1
+        return started
 
     def deliver_due(self) -> int:
-        """Send deliveries while any is due (for at most budget_s); how many were attempted."""
+        """Send deliveries while any is due (for at most budget_s), waiting for each attempt; how many were made."""
         deadline = time.monotonic() + self.budget_s
-        attempted = 0
+        with self._lock:
+            before = self._attempted
         while time.monotonic() < deadline:
-            delivery = self.outbox.claim(self.lease_s)
-            if delivery is None:
+            started = self.pump()
+            with self._lock:
+                while self._busy and time.monotonic() < deadline:
+                    self._changed.wait(timeout=0.05)
+                idle = not self._busy
+            if started == 0 and idle:
                 break
-            self.deliver(delivery)
-            attempted += 1
-        return attempted
+        with self._lock:
+            return self._attempted - before
 
-    def deliver(self, delivery: Delivery) -> None:
-        s = self.settings
-        url, secret = s.webhooks.get(delivery.tenant), s.webhook_secrets.get(delivery.tenant)
-        context = {"event_id": delivery.event_id, "tenant": delivery.tenant}
-        if not delivery.body or url is None or secret is None:
-            log.warning("webhook dropped: its tenant has no endpoint (any more)", **context)
-            self.outbox.finish(delivery)
+    def close(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
             return
-        failure = self.send(url, secret, delivery)
+        if self._http is not None:
+            asyncio.run_coroutine_threadsafe(self._http.aclose(), loop).result(timeout=5)
+            self._http = None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.close()
+        self._loop = self._thread = None
+
+    # --- one attempt -----------------------------------------------------------------------------------
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="pagebatch-webhooks-send",
+                                                daemon=True)
+                self._thread.start()
+            return self._loop
+
+    async def _attempt(self, delivery: Delivery, url: str, secret: str) -> None:
+        failure = await self.send(url, secret, delivery)
+        await asyncio.get_running_loop().run_in_executor(None, self._record, delivery, failure)
+
+    async def send(self, url: str, secret: str, delivery: Delivery) -> str | None:
+        """POST the signed event; None on a 2xx, else what went wrong. The response body is never read, and the
+        whole attempt (connect, send, the status line and headers) has ``webhook_timeout_s`` in total."""
+        if not url.startswith(("http://", "https://")):
+            return f"not an http(s) URL: {url!r}"
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False,
+                                           headers={"user-agent": USER_AGENT})
+        headers = {"content-type": "application/json",
+                   **signed_headers(secret, webhook_id(delivery.event_id), int(time.time()), delivery.body)}
+        timeout = self.settings.webhook_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._http.stream("POST", url, content=delivery.body.encode(), headers=headers) as response:
+                    status = response.status_code
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except Exception as e:  # a refused connection, a bad URL: all worth another try
+            return repr(e)
+        return None if 200 <= status < 300 else f"HTTP {status}"
+
+    def _record(self, delivery: Delivery, failure: str | None) -> None:
+        s = self.settings
+        context = {"event_id": delivery.event_id, "tenant": delivery.tenant}
         delivery.attempts += 1
         if failure is None:
             self.outbox.finish(delivery)
@@ -214,15 +296,19 @@ class WebhookSender:
             log.warning("webhook delivery failed; retrying", attempts=delivery.attempts, error=failure,
                         retry_in_s=round(delay, 3), **context)
 
-    def send(self, url: str, secret: str, delivery: Delivery) -> str | None:
-        """POST the signed event; None on a 2xx, else what went wrong. The response body is never read."""
-        if not url.startswith(("http://", "https://")):
-            return f"not an http(s) URL: {url!r}"
-        headers = {"content-type": "application/json",
-                   **signed_headers(secret, webhook_id(delivery.event_id), int(time.time()), delivery.body)}
+    def _finished(self, delivery: Delivery, future: concurrent.futures.Future) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:  # not recorded (closing, Redis away): the claim lapses, sent again
+            log.warning("webhook attempt not recorded", event_id=delivery.event_id, error=repr(error))
+        with self._lock:
+            self._busy.discard(delivery.tenant)
+            self._attempted += 1
+            self._changed.notify_all()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_in_executor(None, self._pump_quietly)  # the receiver may have more due
+
+    def _pump_quietly(self) -> None:
         try:
-            with self.http.stream("POST", url, content=delivery.body.encode(), headers=headers) as response:
-                status = response.status_code
-        except Exception as e:  # a refused connection, a timeout, a bad URL: all worth another try
-            return repr(e)
-        return None if 200 <= status < 300 else f"HTTP {status}"
+            self.pump()
+        except Exception as e:  # the periodic pump tries again
+            log.warning("webhook pump failed", error=repr(e)[:300])

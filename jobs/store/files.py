@@ -1,7 +1,8 @@
 """File objects (uploads and batch outputs): metadata and content in storage, scoped by tenant.
 
 Storage holds each file's metadata and content; a Redis listing per tenant (jobs/store/listing.py)
-pages through them without reading storage.
+pages through them without reading storage, and the tenant's stored bytes and files (jobs/store/quotas.py)
+are counted with it. An upload reserves its room in the tenant's quota before a byte is written.
 """
 from __future__ import annotations
 
@@ -13,37 +14,59 @@ import redis
 
 from pagebatch.jobs.batch.ids import is_valid_id, new_file_id
 from pagebatch.jobs.batch.schema import FilePurpose, FileRecord
+from pagebatch.jobs.settings import Quota
 from pagebatch.jobs.store import keys, layout
 from pagebatch.jobs.store.listing import TenantListing
+from pagebatch.jobs.store.quotas import TenantQuotas
 from pagebatch.jobs.store.storage import NotFound, Storage
 
 PURPOSES: tuple[str, ...] = get_args(FilePurpose)
 
 
 class FileStore:
-    def __init__(self, storage: Storage, client: redis.Redis) -> None:
+    def __init__(self, storage: Storage, client: redis.Redis, quotas: TenantQuotas | None = None) -> None:
         self.storage, self.client = storage, client
-        self._all = TenantListing(client, "files", lambda t: self._stored(t, None))
-        self._by_purpose = {p: TenantListing(client, f"files:{p}", lambda t, p=p: self._stored(t, p)) for p in PURPOSES}
+        self.quotas = quotas or TenantQuotas(client)
+        # One rebuild fills every listing of a tenant's files (and its stored totals): see _ensure_indexed.
+        self._all = TenantListing(client, "files", self._rebuild)
+        self._by_purpose = {p: TenantListing(client, f"files:{p}", self._rebuild) for p in PURPOSES}
 
     def create(self, tenant: str, filename: str, purpose: FilePurpose, content: BinaryIO, size: int,
-               file_id: str | None = None, expires_after_s: int | None = None) -> FileRecord:
-        """Store a file; with ``expires_after_s`` it is deleted that many seconds after its creation."""
+               file_id: str | None = None, expires_after_s: int | None = None, quota: Quota | None = None
+               ) -> FileRecord:
+        """Store a file; with ``expires_after_s`` it is deleted that many seconds after its creation.
+
+        With ``quota`` (uploads) the file must fit the tenant's stored bytes and files first (QuotaExceeded,
+        and nothing is written); without (batch results) it is counted and never refused."""
+        self._ensure_indexed(tenant)
+        reservation = None if quota is None else self.quotas.reserve_upload(tenant, size, quota)
         now = int(time.time())
         record = FileRecord(id=file_id or new_file_id(), tenant=tenant, bytes=size, created_at=now,
                             filename=filename[:255] or "upload.jsonl", purpose=purpose,
                             expires_at=None if expires_after_s is None else now + expires_after_s)
         raw = record.model_dump_json()
-        self.storage.put_fileobj(layout.file_content(tenant, record.id), content)
-        self.storage.put_bytes(layout.file_meta(tenant, record.id), raw.encode())
-        self._index(record, raw)
+        try:
+            self.storage.put_fileobj(layout.file_content(tenant, record.id), content)
+            self.storage.put_bytes(layout.file_meta(tenant, record.id), raw.encode())
+        except BaseException:
+            if reservation is not None:
+                self.quotas.release_upload(tenant, reservation, size)
+            raise
+        self._index(record, raw, reservation)
         return record
 
-    def _index(self, record: FileRecord, raw: str) -> None:
-        self._all.add(record.tenant, record.id, raw)
-        self._by_purpose[record.purpose].add(record.tenant, record.id, raw)
+    def _index(self, record: FileRecord, raw: str, reservation: str | None = None) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        known = self.client.hexists(keys.listing(record.tenant, "files", "records"), record.id)
+        self._all.add(record.tenant, record.id, raw, pipe=pipe)
+        self._by_purpose[record.purpose].add(record.tenant, record.id, raw, pipe=pipe)
         if record.expires_at is not None:
-            self.client.zadd(keys.EXPIRING_FILES, {f"{record.tenant}|{record.id}": record.expires_at})
+            pipe.zadd(keys.EXPIRING_FILES, {f"{record.tenant}|{record.id}": record.expires_at})
+        if not known:  # a finalize re-run stores the same result file again: counted once
+            self.quotas.file_stored(pipe, record.tenant, record.bytes, reservation)
+        elif reservation is not None:
+            self.quotas.release_upload(record.tenant, reservation, record.bytes)
+        pipe.execute()
 
     def delete_expired(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete the files whose time has come (their content and listing entries); returns how many."""
@@ -83,6 +106,10 @@ class FileStore:
             return False
         self.storage.delete(layout.file_meta(tenant, file_id))
         self.storage.delete(layout.file_content(tenant, file_id))
+        if self.client.hdel(keys.listing(tenant, "files", "records"), file_id):  # counted once, freed once
+            pipe = self.client.pipeline(transaction=False)
+            self.quotas.file_removed(pipe, tenant, record.bytes)
+            pipe.execute()
         self._all.remove(tenant, file_id)
         self._by_purpose[record.purpose].remove(tenant, file_id)
         return True
@@ -105,8 +132,14 @@ class FileStore:
         if buf:
             yield bytes(buf)
 
-    def _stored(self, tenant: str, purpose: str | None) -> Iterator[tuple[str, str]]:
-        """Every file storage holds for the tenant (what a lost listing is rebuilt from)."""
+    def _ensure_indexed(self, tenant: str) -> None:
+        self._all.ensure_built(tenant)
+
+    def _rebuild(self, tenant: str) -> Iterator[tuple[str, str]]:
+        """Re-index every file storage holds for the tenant (what a lost index is rebuilt from), in every listing
+        at once, with its stored totals and expiry schedule; yields nothing itself."""
+        pipe = self.client.pipeline(transaction=False)
+        total = count = 0
         prefix = layout.files_prefix(tenant)
         for key in self.storage.list(prefix):
             try:
@@ -114,7 +147,15 @@ class FileStore:
             except NotFound:
                 continue
             record = FileRecord.model_validate_json(raw)
-            if purpose is None and record.expires_at is not None:  # the expiry schedule was lost with the index
-                self.client.zadd(keys.EXPIRING_FILES, {f"{tenant}|{record.id}": record.expires_at})
-            if purpose is None or record.purpose == purpose:
-                yield record.id, raw
+            self._all.add(tenant, record.id, raw, pipe=pipe)
+            self._by_purpose[record.purpose].add(tenant, record.id, raw, pipe=pipe)
+            if record.expires_at is not None:  # the expiry schedule was lost with the index
+                pipe.zadd(keys.EXPIRING_FILES, {f"{tenant}|{record.id}": record.expires_at})
+            total, count = total + record.bytes, count + 1
+            if count % 1000 == 0:
+                pipe.execute()
+        self.quotas.set_stored(pipe, tenant, total, count)
+        for listing in self._by_purpose.values():
+            pipe.set(keys.listing(tenant, listing.kind, "built"), int(time.time()))
+        pipe.execute()
+        return iter(())

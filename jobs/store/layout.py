@@ -42,6 +42,14 @@ def prepare_result(tenant: str, batch_id: str) -> str:
     return work_prefix(tenant, batch_id) + "results/prepare.json"
 
 
+SERVED_MODELS_PREFIX = "registry/models/"
+
+
+def served_model(digest: str) -> str:
+    """A model some worker served (its name inside); the durable copy of Redis' models set."""
+    return f"{SERVED_MODELS_PREFIX}{digest}.json"
+
+
 ACTIVE_PREFIX = "active/"
 
 

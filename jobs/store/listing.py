@@ -1,7 +1,9 @@
 """Per-tenant listings of files and batches in Redis, so a page costs one read whatever the tenant holds.
 
-Storage stays the durable record: every object is written there first, then indexed here. An index
-Redis lost (no ``built`` marker) is rebuilt from storage on the next listing, once, under a lock.
+Storage stays the durable record: every object is written there first, then indexed here. A tenant's
+index is marked complete (``built``) when its first object is written, so listing never reads storage
+while the index is intact; an index Redis lost (no marker) is rebuilt from storage once, under a lock, by
+the next write or listing.
 Ids sort newest first as text (jobs/batch/ids.py), so a sorted set with equal scores pages by id.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ class TenantListing:
     def page(self, tenant: str, *, after: str | None, limit: int, order: str = "desc"
              ) -> tuple[list[tuple[str, str | None]], bool]:
         """Up to ``limit`` (id, record JSON or None) after ``after``, and whether more follow."""
-        self._ensure_built(tenant)
+        self.ensure_built(tenant)
         index = keys.listing(tenant, self.kind)
         if order == "asc":
             ids = self.client.zrevrangebylex(index, f"({after}" if after else "+", "-", start=0, num=limit + 1)
@@ -52,7 +54,12 @@ class TenantListing:
         records = self.client.hmget(keys.listing(tenant, self.kind, "records"), page) if page else []
         return list(zip(page, records, strict=True)), len(ids) > limit
 
-    def _ensure_built(self, tenant: str) -> None:
+    def ensure_built(self, tenant: str) -> None:
+        """Rebuild the tenant's index from storage unless it is known complete (its ``built`` marker).
+
+        Writers call it before they add (for a new tenant that costs one empty storage listing), so the index
+        of a tenant is marked complete from its first object on, and a first listing never reads storage;
+        only an index Redis lost is rebuilt, once."""
         built = keys.listing(tenant, self.kind, "built")
         if self.client.exists(built):
             return

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from pagebatch.jobs.store import metrics as store
+from pagebatch.jobs.store.quotas import TenantQuotas
 from pagebatch.jobs.store.registry import known_models
 
 # EngineStats field -> (metric name, help); one series per worker.
@@ -44,6 +45,7 @@ class ServiceCollector:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self.quotas = TenantQuotas(client)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("pagebatch_state_store_up", "Whether Redis answered this scrape")
@@ -77,6 +79,30 @@ class ServiceCollector:
 
         yield from self._engines()
         yield from self._latencies(models)
+        yield from self._tenant_usage()
+
+    def _tenant_usage(self) -> Iterator[Metric]:
+        """What each tenant holds of its quotas (counts only: no file, batch or request names)."""
+        gauges = {name: GaugeMetricFamily(f"pagebatch_tenant_{name}", help_text, labels=["tenant"])
+                  for name, help_text in (("bytes_stored", "Bytes the tenant stores in files"),
+                                          ("files_stored", "Files the tenant stores"),
+                                          ("batches_in_flight", "The tenant's batches not finished"))}
+        lines = GaugeMetricFamily("pagebatch_tenant_lines_enqueued", "Requests the tenant has enqueued, per model",
+                                  labels=["tenant", "model"])
+        tokens = GaugeMetricFamily("pagebatch_tenant_tokens_enqueued",
+                                   "Tokens the tenant has enqueued (prompt estimate + n x max_tokens), per model",
+                                   labels=["tenant", "model"])
+        for tenant in self.quotas.tenants():
+            usage = self.quotas.usage(tenant)
+            gauges["bytes_stored"].add_metric([tenant], usage.bytes)
+            gauges["files_stored"].add_metric([tenant], usage.files)
+            gauges["batches_in_flight"].add_metric([tenant], usage.batches_in_flight)
+            for model, (n_lines, n_tokens) in sorted(usage.enqueued.items()):
+                lines.add_metric([tenant, model], n_lines)
+                tokens.add_metric([tenant, model], n_tokens)
+        yield from gauges.values()
+        yield lines
+        yield tokens
 
     def _engines(self) -> Iterator[Metric]:
         snapshots = store.read_snapshots(self.client)

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 import redis
 from celery import Celery
 
+from pagebatch.jobs.batch.shard_ref import SHARD_HEADER, ShardRef
 from pagebatch.jobs.settings import Settings
-from pagebatch.jobs.store.fair_queue import FairQueue
+from pagebatch.jobs.store.fair_queue import FairQueue, ShardLoad
 from pagebatch.jobs.store.keys import CONTROL_QUEUE, UNACKED_INDEX, model_queue
 
 PREPARE_TASK = "pagebatch.prepare"
@@ -71,15 +72,16 @@ class Dispatcher:
     def prepare(self, batch_id: str, tenant: str) -> None:
         self.app.send_task(PREPARE_TASK, args=[batch_id, tenant], queue=CONTROL_QUEUE)
 
-    def shards(self, batch_id: str, tenant: str, model: str, shards: Iterable[tuple[int, int]]) -> None:
-        """Queue (index, lines) shards of one model for fair release; those waiting or in flight are skipped."""
-        self.fair.enqueue(model, tenant, batch_id, shards)
+    def shards(self, model: str, shards: Iterable[tuple[ShardRef, ShardLoad]]) -> None:
+        """Queue shards of one batch and model for fair release; those waiting or in flight are skipped."""
+        self.fair.enqueue(model, shards)
 
-    def shard_done(self, batch_id: str, shard: int, model: str) -> None:
-        self.fair.done(model, batch_id, shard)
+    def shard_done(self, ref: ShardRef, model: str) -> None:
+        self.fair.done(model, ref)
 
-    def _send_shard(self, batch_id: str, tenant: str, shard: int, model: str) -> None:
-        self.app.send_task(SHARD_TASK, args=[batch_id, tenant, shard], queue=model_queue(model))
+    def _send_shard(self, ref: ShardRef, model: str) -> None:
+        self.app.send_task(SHARD_TASK, args=ref.to_task_args(), queue=model_queue(model),
+                           headers={SHARD_HEADER: ref.token})
 
     def finalize(self, batch_id: str, tenant: str) -> None:
         self.app.send_task(FINALIZE_TASK, args=[batch_id, tenant], queue=CONTROL_QUEUE)

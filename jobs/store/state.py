@@ -1,13 +1,12 @@
 """Live batch state in Redis, with a durable copy (batch.json) in storage.
 
-Per batch (see jobs/store/keys.py): the record with a version, per-shard progress (overwritten,
-never incremented, so a re-run shard cannot double-count), the set of shards whose results are in
-storage, and shard attempts. Status changes are lifecycle events (jobs/batch/lifecycle.py) applied
-in compare-and-set transactions; each one is followed by a write of batch.json.
+Per batch (see jobs/store/keys.py): the record with a version, and its shards' record (which are done,
+their counts and attempts: jobs/store/shard_ledger.py). Status changes are lifecycle events
+(jobs/batch/lifecycle.py) applied in compare-and-set transactions; each one is followed by a write of
+batch.json. The transaction that ends a batch also frees what it held of its tenant's quota.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 
 import redis
@@ -18,19 +17,9 @@ from pagebatch.jobs.batch.schema import BatchRecord, RequestCounts
 from pagebatch.jobs.store import keys, layout
 from pagebatch.jobs.store.listing import TenantListing
 from pagebatch.jobs.store.metrics import record_status
+from pagebatch.jobs.store.quotas import TenantQuotas
+from pagebatch.jobs.store.shard_ledger import ShardLedger
 from pagebatch.jobs.store.storage import NotFound, Storage
-
-_MARK_DONE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
-return redis.call('SCARD', KEYS[3])
-"""
-_SET_PROGRESS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
 
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
@@ -40,12 +29,13 @@ def connect(url: str) -> redis.Redis:
 
 
 class BatchState:
-    def __init__(self, client: redis.Redis, storage: Storage, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, storage: Storage, ttl_s: int = 7 * 24 * 3600,
+                 quotas: TenantQuotas | None = None) -> None:
         self.r = client
         self.storage = storage
         self.ttl_s = ttl_s
-        self._mark_done = client.register_script(_MARK_DONE)
-        self._set_progress = client.register_script(_SET_PROGRESS)
+        self.quotas = quotas or TenantQuotas(client)  # a batch's end frees what it held, in the same transaction
+        self.shards = ShardLedger(client)  # which shards are done, their counts and attempts
         self.listing = TenantListing(client, "batches", self._stored_ids)
 
     # --- records -----------------------------------------------------------------------------
@@ -54,6 +44,7 @@ class BatchState:
 
         In this order the recovery sweeper never sees a marker for a batch that is merely not live yet.
         """
+        self.listing.ensure_built(record.tenant)  # a new tenant's index is complete from its first batch on
         self.load_live(record)
         self.persist(record)
         self.storage.put_bytes(layout.active_marker(record.id), record.tenant.encode())
@@ -70,16 +61,14 @@ class BatchState:
         for key in self.storage.list(prefix):
             yield key.removeprefix(prefix).removesuffix(".json"), None
 
-    def load_live(self, record: BatchRecord, progress: dict[str, str] | None = None, done: Iterable[str] = ()) -> None:
+    def load_live(self, record: BatchRecord, finished: dict[int, tuple[int, int]] | None = None) -> None:
+        """The live record, and the shards already finished (index -> (completed, failed)) when restoring one."""
         pipe = self.r.pipeline()
         pipe.hset(keys.batch(record.id), mapping={"record": record.model_dump_json(), "version": 1})
         if not lifecycle.is_terminal(record.status):
             record_status(pipe, record.id, None, record.status)
-        if progress:
-            pipe.hset(keys.batch(record.id, "progress"), mapping=progress)
-        done = list(done)
-        if done:
-            pipe.sadd(keys.batch(record.id, "done"), *done)
+            self.quotas.batch_in_flight(pipe, record.tenant, record.id)
+        self.shards.restore(pipe, record.id, finished or {})
         pipe.execute()
 
     def exists_live(self, batch_id: str) -> bool:
@@ -107,18 +96,15 @@ class BatchState:
             return None
         if not lifecycle.is_terminal(record.status):
             try:
-                record.request_counts = self.live_counts(batch_id, record.request_counts.total)
+                record.request_counts = self.live_counts(record)
             except redis.RedisError:
                 pass
         return record
 
-    def live_counts(self, batch_id: str, total: int) -> RequestCounts:
-        completed = failed = 0
-        for raw in self.r.hvals(keys.batch(batch_id, "progress")):
-            p = json.loads(raw)
-            completed += p["completed"]
-            failed += p["failed"]
-        return RequestCounts(total=total, completed=completed, failed=failed)
+    def live_counts(self, record: BatchRecord) -> RequestCounts:
+        """The batch's counts while it runs: lines rejected at validation, and what its shards counted so far."""
+        completed, failed = self.shards.counts(record.id)
+        return RequestCounts(total=record.request_counts.total, completed=completed, failed=record.rejected + failed)
 
     def persist(self, record: BatchRecord) -> None:
         self.storage.put_bytes(layout.batch_json(record.tenant, record.id), record.model_dump_json(indent=1).encode())
@@ -148,6 +134,7 @@ class BatchState:
             if lifecycle.is_terminal(record.status):
                 for name in keys.batch_keys(batch_id):
                     pipe.expire(name, self.ttl_s)
+                self.quotas.batch_ended(pipe, record.tenant, batch_id)
             outcome["changed"] = True
 
         self.r.transaction(txn, key)
@@ -180,29 +167,6 @@ class BatchState:
             self.persist(record)
             if self.r.hget(keys.batch(batch_id), "version") == version:
                 return
-
-    # --- shards --------------------------------------------------------------------------------
-    def set_progress(self, batch_id: str, shard: str, completed: int, failed: int) -> None:
-        payload = json.dumps({"completed": completed, "failed": failed})
-        self._set_progress(keys=self._shard_keys(batch_id), args=[shard, payload])
-
-    def mark_done(self, batch_id: str, shard: str, completed: int, failed: int) -> int:
-        """Record a shard as finished (once); returns how many shards are done, or -1 if the batch is not live."""
-        payload = json.dumps({"completed": completed, "failed": failed})
-        return int(self._mark_done(keys=self._shard_keys(batch_id), args=[shard, payload]))
-
-    @staticmethod
-    def _shard_keys(batch_id: str) -> list[str]:
-        return [keys.batch(batch_id), keys.batch(batch_id, "progress"), keys.batch(batch_id, "done")]
-
-    def done_shards(self, batch_id: str) -> set[str]:
-        return set(self.r.smembers(keys.batch(batch_id, "done")))
-
-    def is_done(self, batch_id: str, shard: str) -> bool:
-        return bool(self.r.sismember(keys.batch(batch_id, "done"), shard))
-
-    def count_attempt(self, batch_id: str, shard: str) -> int:
-        return int(self.r.hincrby(keys.batch(batch_id, "attempts"), shard, 1))
 
     def forget_active(self, batch_id: str) -> None:
         self.storage.delete(layout.active_marker(batch_id))

@@ -9,6 +9,7 @@ workers with skewed clocks neither claim early nor steal a live claim.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import redis
@@ -25,15 +26,28 @@ redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
 return 1
 """
 
-# KEYS: due, pending. ARGV: lease (ms). The earliest due delivery: {id, payload, claim}, its due time moved
-# to the claim (now + lease); nil when none is due.
+# KEYS: due, pending. ARGV: lease (ms), how many due ids to look at, then tenants to skip. The earliest due
+# delivery of a tenant not skipped: {id, payload, claim}, its due time moved to the claim (now + lease); nil if none.
 _CLAIM = _NOW_MS + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
-if #ids == 0 then return nil end
-local claim = string.format('%d', now + tonumber(ARGV[1]))
-redis.call('ZADD', KEYS[1], claim, ids[1])
-return {ids[1], redis.call('HGET', KEYS[2], ids[1]) or '', claim}
+local skip = {}
+for i = 3, #ARGV do skip[ARGV[i]] = true end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local raw = redis.call('HGET', KEYS[2], id) or ''
+  local tenant = ''
+  if raw ~= '' then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' and type(decoded['tenant']) == 'string' then tenant = decoded['tenant'] end
+  end
+  if not skip[tenant] then
+    local claim = string.format('%d', now + tonumber(ARGV[1]))
+    redis.call('ZADD', KEYS[1], claim, id)
+    return {id, raw, claim}
+  end
+end
+return nil
 """
+CLAIM_SCAN = 500  # due deliveries a claim looks through for one of a receiver not skipped
 
 # KEYS: due, pending. ARGV: event id, claim, delay (ms), payload. Reschedules only while the claim holds.
 _RETRY = _NOW_MS + """
@@ -88,12 +102,14 @@ class WebhookOutbox:
         keys_ = [keys.WEBHOOKS_DUE, keys.WEBHOOKS_PENDING, keys.webhook_done(delivery.event_id)]
         return bool(self._add(keys=keys_, args=[delivery.event_id, delivery.encode()]))
 
-    def claim(self, lease_s: float) -> Delivery | None:
-        """The earliest due delivery, hidden from other claims for ``lease_s``; None when nothing is due.
+    def claim(self, lease_s: float, skip_tenants: Iterable[str] = ()) -> Delivery | None:
+        """The earliest due delivery (of a tenant not in ``skip_tenants``), hidden from other claims for
+        ``lease_s``; None when nothing is due.
 
         A due id without a payload (left by hand) comes back with an empty body: the caller drops it.
         """
-        found = self._claim(keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_PENDING], args=[int(lease_s * 1000)])
+        found = self._claim(keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_PENDING],
+                            args=[int(lease_s * 1000), CLAIM_SCAN, *skip_tenants])
         if not found:
             return None
         event_id, raw, claim = found

@@ -21,7 +21,7 @@ from pagebatch.jobs.settings import Settings
 from pagebatch.jobs.store.keys import CONTROL_QUEUE, model_queue
 from pagebatch.jobs.store.metrics import LatencyBuffer
 from pagebatch.jobs.store.queues import create_celery
-from pagebatch.jobs.store.registry import forget_worker, register_model
+from pagebatch.jobs.store.registry import forget_worker, register_model, remember_model
 from pagebatch.jobs.worker.lease import LeaseKeeper
 from pagebatch.jobs.worker.tasks import WorkerRuntime, register_tasks
 from pagebatch.jobs.worker.telemetry import ObservedLoop, TelemetryPublisher
@@ -36,9 +36,11 @@ class ModelHeartbeat:
     A worker whose engine thread died stops advertising and exits, so its shards go to another worker.
     """
 
-    def __init__(self, client: redis.Redis, model: str, worker_id: str, loop: EngineHandle) -> None:
-        self.client, self.model, self.worker_id, self.loop = client, model, worker_id, loop
+    def __init__(self, services: Services, model: str, worker_id: str, loop: EngineHandle) -> None:
+        self.services, self.client = services, services.redis
+        self.model, self.worker_id, self.loop = model, worker_id, loop
         self.consumer: Any = None  # Celery's consumer, once it listens
+        self._remembered = False
 
     def beat(self) -> None:
         connection = getattr(self.consumer, "connection", None)
@@ -49,6 +51,12 @@ class ModelHeartbeat:
                       error=repr(self.loop.fatal_error))
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        if not self._remembered:  # the durable copy a Redis that lost the models set is refilled from
+            try:
+                remember_model(self.services.storage, self.model)
+                self._remembered = True
+            except Exception as e:  # storage away: advertise anyway, write the copy on a later beat
+                log.warning("could not record the served model in storage; retrying next heartbeat", error=repr(e))
         register_model(self.client, self.model, self.worker_id, ttl_s=int(HEARTBEAT_S * 3))
 
     def forget(self) -> None:
@@ -69,16 +77,18 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
     app = create_celery(settings)
     latency = LatencyBuffer(model)
     observed = ObservedLoop(loop, latency)
-    register_tasks(app, WorkerRuntime(services, observed, model, worker_id))
+    # A running shard whose engine does not move for the visibility timeout loses its lease: another worker runs it.
+    lease = LeaseKeeper(services.redis, stall_s=settings.visibility_timeout).install()
+    register_tasks(app, WorkerRuntime(services, observed, model, worker_id, lease))
     telemetry = TelemetryPublisher(services.redis, observed, latency, worker_id, model, settings.stats_interval_s)
-    lease = LeaseKeeper(services.redis).install()
-    heartbeat = ModelHeartbeat(services.redis, model, worker_id, loop)
+    heartbeat = ModelHeartbeat(services, model, worker_id, loop)
+    webhooks = WebhookSender(services)
     background = [
         Periodic("lease", settings.lease_renew_interval_s, lease.renew),
         Periodic("heartbeat", HEARTBEAT_S, heartbeat.beat, immediately=True),
         Periodic("sweep", settings.sweep_interval_s, lambda: sweep_once_per_interval(services, settings.sweep_interval_s)),
         Periodic("telemetry", settings.stats_interval_s, telemetry.publish, immediately=True),
-        Periodic("webhooks", settings.webhook_interval_s, WebhookSender(services).deliver_due),
+        Periodic("webhooks", settings.webhook_interval_s, webhooks.pump),
         # estimates queued for this model, answered with this engine's own tokenizer and checks
         Periodic("estimates", 0.05, EstimateServer(services, observed, model).serve_once, immediately=True),
     ]
@@ -100,6 +110,7 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
     finally:
         for thread in background:
             thread.stop()
+        webhooks.close()
         heartbeat.forget()
         telemetry.close()
         loop.close()

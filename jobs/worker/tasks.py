@@ -1,4 +1,9 @@
-"""The Celery tasks: thin wrappers that hand each step to its module with the worker's runtime."""
+"""The Celery tasks: thin wrappers that hand each step to its module with the worker's runtime.
+
+A shard task's argument is a ShardRef (jobs/batch/shard_ref.py reads and writes it, and nothing else does).
+A shard this worker cannot read because it is newer (its task or its stored input) goes back to the queue
+for another worker, with nothing counted; see docs/architecture.md, "The shard contract".
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,17 +12,21 @@ from typing import Any
 import structlog
 from celery import Celery, Task, signals
 
+from pagebatch.jobs.batch.shard_ref import ShardRef, ShardTooNew
 from pagebatch.jobs.engine_host import EngineHandle
 from pagebatch.jobs.logs import get_logger
 from pagebatch.jobs.pipeline.finalize import finalize_batch
-from pagebatch.jobs.pipeline.prepare import fail_batch, prepare_batch
-from pagebatch.jobs.pipeline.shard import run_shard
+from pagebatch.jobs.pipeline.prepare import PrepareBusy, fail_batch, prepare_batch
+from pagebatch.jobs.pipeline.shard import NoLiveness, run_shard
 from pagebatch.jobs.retry import through_outages
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.store.queues import FINALIZE_TASK, PREPARE_TASK, SHARD_TASK
+from pagebatch.jobs.worker.lease import LeaseKeeper
 
 log = get_logger(__name__)
 MAX_PREPARE_RETRIES = 10
+REFUSED_RETRY_S = 10  # a shard too new for this worker waits this long before the queue offers it again
+BUSY_RETRY_S = 5  # a prepare whose batch another process is writing looks again this much later
 
 
 def _backoff(task: Task) -> int:
@@ -32,16 +41,26 @@ class WorkerRuntime:
     loop: EngineHandle
     model_name: str
     worker_id: str
+    lease: LeaseKeeper | None = None  # keeps running shards' broker leases, while they make progress
+
+
+def task_ids(name: str, args: Any) -> dict[str, Any]:
+    """The log fields of a task message: a shard's from its ref, a batch step's from (batch_id, tenant)."""
+    if name == SHARD_TASK:
+        try:
+            return ShardRef.from_task_args(args).log_fields()
+        except (ValueError, ShardTooNew):
+            return {}
+    if isinstance(args, (list, tuple)) and len(args) == 2:
+        return {"batch_id": args[0], "tenant": args[1]}
+    return {}
 
 
 def _bind_task_ids(task: Task | None = None, args: Any = None, **_: Any) -> None:
     """Every line a task logs, Celery's own included, carries its batch id (and shard)."""
     if task is None or task.name not in (PREPARE_TASK, SHARD_TASK, FINALIZE_TASK) or not args:
         return
-    ids: dict[str, Any] = {"batch_id": args[0], "tenant": args[1] if len(args) > 1 else None}
-    if task.name == SHARD_TASK and len(args) > 2:
-        ids["shard"] = args[2]
-    structlog.contextvars.bind_contextvars(**ids)
+    structlog.contextvars.bind_contextvars(**task_ids(task.name, args))
 
 
 def _unbind_task_ids(**_: Any) -> None:
@@ -62,6 +81,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     def prepare(self: Task, batch_id: str, tenant: str) -> None:
         try:
             through_outages(lambda: prepare_batch(svc, batch_id, tenant, runtime.worker_id), what="prepare")
+        except PrepareBusy as e:
+            raise self.retry(exc=e, countdown=BUSY_RETRY_S) from e
         except Exception as e:
             if self.request.retries >= MAX_PREPARE_RETRIES:
                 log.exception("prepare keeps failing; failing the batch", batch_id=batch_id)
@@ -70,14 +91,26 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             raise self.retry(exc=e, countdown=_backoff(self)) from e
 
     @app.task(name=SHARD_TASK, bind=True, max_retries=None)
-    def shard(self: Task, batch_id: str, tenant: str, shard: int) -> None:
+    def shard(self: Task, *args: Any) -> None:
         try:
-            run_shard(svc, runtime.loop, batch_id=batch_id, tenant=tenant, shard=shard,
-                      model_name=runtime.model_name, worker=runtime.worker_id, redelivered=redelivered(self))
+            ref = ShardRef.from_task_args(args)
+        except ShardTooNew as e:
+            log.warning("shard task of a newer version; leaving it for a newer worker", error=str(e))
+            raise self.retry(exc=e, countdown=REFUSED_RETRY_S) from e
+        except ValueError:
+            log.error("a shard task message that names no shard is dropped", args=repr(args)[:300])
+            return
+        liveness = runtime.lease.liveness(self.request.id, runtime.loop) if runtime.lease else NoLiveness()
+        try:
+            run_shard(svc, runtime.loop, ref, model_name=runtime.model_name, worker=runtime.worker_id,
+                      redelivered=redelivered(self), liveness=liveness)
+        except ShardTooNew as e:
+            log.warning("shard input of a newer version; leaving it for a newer worker", error=str(e))
+            raise self.retry(exc=e, countdown=REFUSED_RETRY_S) from e
         except Exception as e:
             raise self.retry(exc=e, countdown=_backoff(self)) from e
         # Whatever the shard's outcome, its place in the model's fair share goes to the next shard.
-        through_outages(lambda: svc.dispatch.shard_done(batch_id, shard, runtime.model_name), what="fair queue")
+        through_outages(lambda: svc.dispatch.shard_done(ref, runtime.model_name), what="fair queue")
 
     # Finalize only merges what is already stored; it retries (with backoff) until storage lets it.
     @app.task(name=FINALIZE_TASK, bind=True, max_retries=None)

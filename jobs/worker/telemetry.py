@@ -28,8 +28,9 @@ class ObservedLoop:
         self._latency = latency
         self.fill = CompletionFill()
 
-    def submit(self, prompt: Any, params: Any = None, request_id: str | None = None) -> cf.Future:
-        future = self._loop.submit(prompt, params, request_id=request_id)
+    def submit(self, prompt: Any, params: Any = None, request_id: str | None = None, fairness_key: str = ""
+               ) -> cf.Future:
+        future = self._loop.submit(prompt, params, request_id=request_id, fairness_key=fairness_key)
         context = contextvars.copy_context()
         future.add_done_callback(lambda done: context.run(self._finished, done))
         future.add_done_callback(lambda done: self.fill.observe(params, done))

@@ -10,7 +10,7 @@ from pagebatch.engine.scheduler import Scheduler
 from tests.engine.pool_checks import check_invariants
 
 
-def _simulate(seed: int, steps: int, num_blocks: int, prefix_caching: bool) -> dict:
+def _simulate(seed: int, steps: int, num_blocks: int, prefix_caching: bool, keys: tuple[str, ...] = ("",)) -> dict:
     rng = random.Random(seed)
     blocks = BlockManager(num_blocks, block_size=4, enable_prefix_caching=prefix_caching)
     sched = Scheduler(blocks, max_num_seqs=12, max_num_batched_tokens=40)
@@ -26,6 +26,7 @@ def _simulate(seed: int, steps: int, num_blocks: int, prefix_caching: bool) -> d
             n = rng.randint(1, 40)
             prompt = (shared[: rng.randint(0, 24)] if rng.random() < 0.5 else []) + [rng.randrange(50) for _ in range(n)]
             req = Request(f"r{submitted}", prompt, SamplingParams(max_tokens=rng.randint(1, 30)))
+            req.fairness_key = rng.choice(keys)
             submitted += 1
             live[req.request_id] = req
             sched.add(req)
@@ -67,6 +68,13 @@ def test_random_arrivals_aborts_and_preemptions_leak_nothing(seed, prefix_cachin
     assert stats["preempted"] > 10 and stats["aborted"] > 10 and stats["finished"] > 100
     if prefix_caching:
         assert stats["cache_hits"] > 10
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fair_share_between_keys_leaks_nothing_and_never_stalls(seed):
+    """Requests of three fairness keys: preemptions for fair share keep every invariant and finish every request."""
+    stats = _simulate(seed, steps=3000, num_blocks=24, prefix_caching=True, keys=("a", "b", "c"))
+    assert stats["finished"] > 100
 
 
 def test_shared_prefix_blocks_are_ref_counted_and_evicted_lru():

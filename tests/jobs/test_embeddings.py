@@ -13,6 +13,7 @@ from pagebatch.engine.engine import LLMEngine
 from pagebatch.jobs.batch.embeddings import EMBEDDINGS, MAX_INPUTS, EmbeddingRequest, to_embedding_request
 from pagebatch.jobs.batch.requests import LineError
 from pagebatch.jobs.batch.results import RequestContext
+from pagebatch.jobs.batch.shard_input import ShardLine
 from pagebatch.jobs.batch.validate import Limits, RejectedLine, ValidLine, check_lines
 from pagebatch.jobs.pipeline.execute import execute
 
@@ -65,7 +66,7 @@ def test_validated_lines_survive_the_shard_round_trip():
     assert isinstance(good, ValidLine) and isinstance(good.request, EmbeddingRequest)
     assert isinstance(url, RejectedLine) and url.error.param == "url"
     assert isinstance(shape, RejectedLine) and shape.error.param == "input"
-    back = ValidLine.from_json(good.to_json())
+    back = ValidLine.from_shard_line(ShardLine.model_validate_json(good.to_shard_line().model_dump_json()))
     assert back.request == good.request
 
 

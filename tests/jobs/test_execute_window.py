@@ -26,12 +26,12 @@ class CountingLoop:
         self.submitted = 0
         self._lock = threading.Lock()
 
-    def submit(self, prompt, params=None, request_id=None):
+    def submit(self, prompt, params=None, request_id=None, **kwargs):
         with self._lock:
             self.in_flight += 1
             self.submitted += 1
             self.most = max(self.most, self.in_flight)
-        future = self.loop.submit(prompt, params, request_id=request_id)
+        future = self.loop.submit(prompt, params, request_id=request_id, **kwargs)
         future.add_done_callback(self._done)
         return future
 

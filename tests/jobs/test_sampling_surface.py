@@ -10,6 +10,7 @@ from pagebatch.engine.loop import EngineLoop
 from pagebatch.engine.engine import LLMEngine
 from pagebatch.jobs.batch.requests import CHAT, COMPLETIONS, EngineRequest, LineError, derived_seed, to_engine_request
 from pagebatch.jobs.batch.results import RequestContext
+from pagebatch.jobs.batch.shard_input import GenerateSpec
 from pagebatch.jobs.batch.validate import ValidLine
 from pagebatch.jobs.pipeline.execute import execute
 
@@ -29,8 +30,8 @@ def test_penalties_bias_min_tokens_seed_and_n_map_to_the_engine():
     assert p.logit_bias == {50: -100, 7: 5} and p.stop == ["a", "b", "c", "d"] and p.max_tokens == 20
     assert p.reject_over_context  # an explicit max_tokens must fit the context; the default is capped
     assert not chat().params.reject_over_context and chat().n == 1
-    # a shard stores the request as JSON: logit_bias keys come back as ints
-    back = EngineRequest.from_dict(json.loads(json.dumps(req.to_dict())))
+    # a shard stores the request as JSON (its schema, jobs/batch/shard_input.py): logit_bias keys come back as ints
+    back = EngineRequest.from_spec(GenerateSpec.model_validate_json(req.to_spec().model_dump_json()))
     assert back == req
     # choices get distinct seeds derived from the line's; choice 0 keeps it
     seeds = [req.choice_params(i).seed for i in range(4)]

@@ -6,6 +6,7 @@ import pytest
 
 from pagebatch.jobs.batch.lifecycle import Event
 from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.batch.shard_ref import ShardRef
 from pagebatch.jobs.store.state import BatchState, connect
 from pagebatch.jobs.store.storage import LocalStorage
 
@@ -41,19 +42,23 @@ def test_only_one_of_many_racing_transitions_wins(state):
 
 
 def test_each_shard_counts_once_and_done_shards_keep_their_counts(state):
-    state.create(new_record(num_shards=2))
-    state.set_progress("batch_0001", "0", 3, 0)
-    assert state.mark_done("batch_0001", "0", 5, 1) == 1
-    assert state.mark_done("batch_0001", "0", 5, 1) == 1  # a redelivered shard: not counted again
-    state.set_progress("batch_0001", "0", 1, 0)  # a late progress write cannot roll it back
-    state.set_progress("batch_0001", "1", 2, 0)
-    counts = state.live_counts("batch_0001", total=12)
-    assert (counts.completed, counts.failed) == (7, 1)
-    assert state.mark_done("batch_0001", "1", 6, 0) == 2
+    record = new_record(num_shards=2, rejected=2)
+    record.request_counts.total = 14
+    state.create(record)
+    shard0, shard1 = (ShardRef("batch_0001", "t1", i) for i in (0, 1))
+    state.shards.record_progress(shard0, 3, 0)
+    assert state.shards.mark_done(shard0, 5, 1) == 1
+    assert state.shards.mark_done(shard0, 5, 1) == 1  # a redelivered shard: not counted again
+    state.shards.record_progress(shard0, 1, 0)  # a late progress write cannot roll it back
+    state.shards.record_progress(shard1, 2, 0)
+    counts = state.live_counts(record)
+    assert (counts.total, counts.completed, counts.failed) == (14, 7, 3)  # the 2 rejected lines count as failed
+    assert state.shards.mark_done(shard1, 6, 0) == 2
+    assert state.shards.done("batch_0001") == {0, 1}
 
 
 def test_shard_accounting_for_a_lost_batch_is_refused(state):
-    assert state.mark_done("batch_gone", "0", 1, 0) == -1
+    assert state.shards.mark_done(ShardRef("batch_gone", "t1", 0), 1, 0) == -1
 
 
 def test_reads_fall_back_to_the_durable_copy_and_respect_the_tenant(state):

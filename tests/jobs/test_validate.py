@@ -77,3 +77,17 @@ def test_whole_file_problems(raw, code):
     with pytest.raises(FileError) as e:
         list(check_lines(raw, endpoint=CHAT, known_models={"m"}, limits=LIMITS))
     assert e.value.code == code
+
+
+def test_a_line_too_deep_to_parse_keeps_its_custom_id():
+    from pagebatch.jobs.batch.line_scan import top_level_string
+
+    deep = b'{"body": ' + b'{"a": ' * 1200 + b"1" + b"}" * 1200 + b', "custom_id": "deep \\"one\\""}'
+    [verdict] = list(check_lines([deep, line("ok")], endpoint=CHAT, known_models={"m"},
+                                 limits=Limits(10**7, 5, 10**6, 16)))[:1]
+    assert isinstance(verdict, RejectedLine) and verdict.error.code == "invalid_json"
+    assert verdict.custom_id == 'deep "one"'
+    assert top_level_string(b'{"x": {"custom_id": "nested"}, "y": "custom_id"}', "custom_id") is None
+    assert top_level_string(b'{"custom_id": 5}', "custom_id") is None
+    assert top_level_string(b'["custom_id", "a"]', "custom_id") is None
+    assert top_level_string(b'{"custom_id": "a', "custom_id") is None

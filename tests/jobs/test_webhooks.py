@@ -41,7 +41,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with receiver.lock:
                     headers = {k.lower(): v for k, v in self.headers.items()}
-                    request = {"path": self.path, "headers": headers, "body": body}
+                    request = {"path": self.path, "headers": headers, "body": body, "at": time.time()}
                     request["status"] = receiver.answer(request)
                     receiver.requests.append(request)
                 self.send_response(request["status"])
