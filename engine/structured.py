@@ -46,18 +46,20 @@ from pagebatch.engine.structured_spec import (
     check_depth,
     grammar_text,
 )
+from pagebatch.engine.token_bytes import TokenBytes, token_bytes
 
 class CompiledGrammar:
     """A grammar ready for one tokenizer: a matcher in its start state, copied for each request (copying is
     a fraction of a microsecond; building a matcher is what compiles)."""
 
-    def __init__(self, template, eos_token_ids: tuple[int, ...], words: int) -> None:
+    def __init__(self, template, eos_token_ids: tuple[int, ...], words: int, token_bytes: TokenBytes) -> None:
         self._template = template
         self.eos_token_ids = eos_token_ids
         self.words = words  # int32 words in one row of its bitmask
+        self.token_bytes = token_bytes
 
     def new_state(self) -> "GrammarState":
-        return GrammarState(self._template.deep_copy(), self.eos_token_ids, self.words)
+        return GrammarState(self._template.deep_copy(), self.eos_token_ids, self.words, self.token_bytes)
 
 
 class GrammarCompiler:
@@ -80,6 +82,7 @@ class GrammarCompiler:
         self._lock = threading.Lock()
         self._ll_tokenizer = None
         self._words = 0
+        self.token_bytes: TokenBytes | None = None  # every token's bytes, as the grammar engine sees them
 
     def _tokenizer(self):
         if self._ll_tokenizer is None:
@@ -94,13 +97,11 @@ class GrammarCompiler:
             raise ValueError(_INSTALL)
         if not self.eos_token_ids:
             raise ValueError("structured outputs need a model with an end-of-sequence token")
-        import llguidance.hf
-
-        n_vocab = max(self.vocab_size, len(self.tokenizer))
-        try:
-            wrapped = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=n_vocab, eos_token=list(self.eos_token_ids))
-        except ValueError as exc:  # a slow (Python) tokenizer
-            raise ValueError(f"structured outputs need a fast tokenizer ({exc})") from None
+        self.token_bytes = token_bytes(self.tokenizer)  # raises ValueError for a slow tokenizer
+        n_vocab = max(self.vocab_size, len(self.token_bytes))
+        wrapped = llg.LLTokenizer(llg.TokenizerWrapper(_TokenTable(self.tokenizer, self.token_bytes, n_vocab,
+                                                                     self.eos_token_ids[0])),
+                                  n_vocab=n_vocab, eos_token=list(self.eos_token_ids))
         self._words = (wrapped.vocab_size + 31) // 32
         return wrapped
 
@@ -125,7 +126,9 @@ class GrammarCompiler:
         return found
 
     def new_state(self, spec: GrammarSpec) -> "GrammarState":
-        return self.compile(spec).new_state()
+        state = self.compile(spec).new_state()
+        state.param = spec.param
+        return state
 
     def _compile(self, spec: GrammarSpec) -> CompiledGrammar | str:
         """A CompiledGrammar, or the error message (without the parameter's name), which is cached as well."""
@@ -139,22 +142,42 @@ class GrammarCompiler:
         template = llg.LLMatcher(tokenizer, grammar, log_level=0)  # never raises: errors are its state
         if template.is_error():
             return f"invalid {_NAMES[spec.kind]}: {_short(template.get_error())}"
-        return CompiledGrammar(template, self.eos_token_ids, self._words)
+        return CompiledGrammar(template, self.eos_token_ids, self._words, self.token_bytes)
 
     def cache_info(self) -> dict[str, int]:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "size": len(self._cache)}
 
 
+class _TokenTable:
+    """What llguidance's TokenizerWrapper reads: every token's true bytes (engine/token_bytes.py) instead of
+    llguidance's own reading of tokenizer.json, and the tokenizer's encoder for the text it tokenizes."""
+
+    def __init__(self, tokenizer, table: TokenBytes, n_vocab: int, eos_token_id: int) -> None:
+        self._backend = tokenizer.backend_tokenizer
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
+        self.tokens = list(table.pieces) + [b""] * (n_vocab - len(table))  # ids past the tokenizer: never allowed
+        # unresolved tokens are marked special too: no grammar text can then produce them
+        self.special_token_ids = sorted(table.special | table.unresolved)
+
+    def __call__(self, text: str) -> list[int]:
+        if isinstance(text, bytes):
+            raise TypeError("text, not bytes")  # TokenizerWrapper probes this once and then sends str
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+
 class GrammarState:
     """One request's place in its grammar. Used by the engine thread only."""
 
-    __slots__ = ("_matcher", "eos_token_ids", "words")
+    __slots__ = ("_matcher", "eos_token_ids", "words", "token_bytes", "param")
 
-    def __init__(self, matcher, eos_token_ids: tuple[int, ...], words: int) -> None:
+    def __init__(self, matcher, eos_token_ids: tuple[int, ...], words: int, token_bytes: TokenBytes | None = None) -> None:
         self._matcher = matcher
         self.eos_token_ids = eos_token_ids
         self.words = words
+        self.token_bytes = token_bytes
+        self.param = "structured_outputs"  # the request parameter the grammar came from, for error messages
 
     def fill_mask(self, bitmask: torch.Tensor, row: int = 0) -> None:
         """Write the allowed next tokens into ``bitmask[row]`` (int32 on the CPU, bit t % 32 of word t // 32).
@@ -166,7 +189,8 @@ class GrammarState:
         return self._matcher.consume_token(token_id)
 
     def is_terminated(self) -> bool:
-        """Nothing but EOS can follow (or EOS was accepted, or the state is in error): the request should end."""
+        """Nothing but EOS can follow, or EOS was accepted: the request should end. Also true in error: check
+        :attr:`error` first, an answer in error is not complete."""
         return self._matcher.is_stopped()
 
     def allows_eos(self) -> bool:
@@ -175,7 +199,12 @@ class GrammarState:
 
     @property
     def error(self) -> str | None:
+        """Why the grammar cannot go on (a refused token, or nothing but a premature end left), else None."""
         return self._matcher.get_error() if self._matcher.is_error() else None
+
+    def text(self, token_ids: list[int]) -> str:
+        """The answer's text: the very bytes the grammar matched (special tokens add none)."""
+        return self.token_bytes.text(token_ids)
 
 
 def apply_masks(logits: torch.Tensor, states: list[GrammarState | None], *, inplace: bool = False) -> torch.Tensor:

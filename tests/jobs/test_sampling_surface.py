@@ -55,9 +55,10 @@ def test_penalties_bias_min_tokens_seed_and_n_map_to_the_engine():
     (dict(min_tokens=-1), "min_tokens", "invalid_parameter"),
     (dict(min_tokens=50, max_tokens=10), "min_tokens", "invalid_parameter"),
     (dict(stop=["s"] * 17), "stop", "invalid_parameter"),
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "unsupported_parameter"),
-    (dict(tool_choice="auto"), "tool_choice", "unsupported_parameter"),
-    (dict(functions=[]), "functions", "unsupported_parameter"),
+    (dict(tools=[{"type": "web_search"}]), "tools", "unsupported_parameter"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "allowed_tools"}),
+     "tool_choice", "unsupported_parameter"),
+    (dict(functions=[{"name": "no spaces allowed"}]), "functions", "invalid_parameter"),
     (dict(audio={"voice": "alloy"}), "audio", "unsupported_parameter"),
     (dict(modalities=["text", "audio"]), "modalities", "unsupported_parameter"),
     (dict(prediction={"type": "content"}), "prediction", "unsupported_parameter"),
@@ -65,7 +66,7 @@ def test_penalties_bias_min_tokens_seed_and_n_map_to_the_engine():
     (dict(reasoning_effort="low"), "reasoning_effort", "unsupported_parameter"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages",
      "unsupported_parameter"),
-    (dict(messages=[{"role": "tool", "content": "42", "tool_call_id": "c"}]), "messages", "unsupported_parameter"),
+    (dict(messages=[{"role": "tool", "content": "42"}]), "messages", "invalid_parameter"),
     (dict(frobnicate=1), "frobnicate", "invalid_parameter"),
 ])
 def test_bad_and_unsupported_values_name_the_parameter(body, param, code):
