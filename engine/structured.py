@@ -99,9 +99,9 @@ class GrammarCompiler:
             raise ValueError("structured outputs need a model with an end-of-sequence token")
         self.token_bytes = token_bytes(self.tokenizer)  # raises ValueError for a slow tokenizer
         n_vocab = max(self.vocab_size, len(self.token_bytes))
-        wrapped = llg.LLTokenizer(llg.TokenizerWrapper(_TokenTable(self.tokenizer, self.token_bytes, n_vocab,
-                                                                     self.eos_token_ids[0])),
-                                  n_vocab=n_vocab, eos_token=list(self.eos_token_ids))
+        table = _TokenTable(self.tokenizer, self.token_bytes, n_vocab, self.eos_token_ids[0])
+        wrapped = llg.LLTokenizer(llg.TokenizerWrapper(table), n_vocab=n_vocab, eos_token=list(self.eos_token_ids))
+        table.greedy = wrapped.greedy_tokenize
         self._words = (wrapped.vocab_size + 31) // 32
         return wrapped
 
@@ -151,20 +151,30 @@ class GrammarCompiler:
 
 class _TokenTable:
     """What llguidance's TokenizerWrapper reads: every token's true bytes (engine/token_bytes.py) instead of
-    llguidance's own reading of tokenizer.json, and the tokenizer's encoder for the text it tokenizes."""
+    llguidance's own reading of tokenizer.json, and a tokenizer for the text a grammar forces.
+
+    The forced text must come back as tokens whose bytes are exactly that text: the tokenizer's own encoding
+    where it is (byte-level BPE), else a greedy one over the table (a SentencePiece normalizer prepends a space,
+    so ``SELECT`` would encode as `` SEL`` + ``ECT``)."""
 
     def __init__(self, tokenizer, table: TokenBytes, n_vocab: int, eos_token_id: int) -> None:
         self._backend = tokenizer.backend_tokenizer
+        self._pieces = table.pieces
         self.eos_token_id = eos_token_id
         self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
         self.tokens = list(table.pieces) + [b""] * (n_vocab - len(table))  # ids past the tokenizer: never allowed
         # unresolved tokens are marked special too: no grammar text can then produce them
         self.special_token_ids = sorted(table.special | table.unresolved)
+        self.greedy = None  # llguidance's greedy tokenizer over these bytes, set once it is built
 
     def __call__(self, text: str) -> list[int]:
         if isinstance(text, bytes):
             raise TypeError("text, not bytes")  # TokenizerWrapper probes this once and then sends str
-        return self._backend.encode(text, add_special_tokens=False).ids
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        pieces = self._pieces
+        if self.greedy is None or b"".join(pieces[t] for t in ids if t < len(pieces)) == text.encode("utf-8"):
+            return ids
+        return self.greedy(text)
 
 
 class GrammarState:
