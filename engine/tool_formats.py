@@ -80,7 +80,7 @@ class ToolFormat:
             return self._mistral_grammar(calling)
         body = _json_rule("body", _calls_schema(calling, "arguments"))
         more = ' (SEP "<tool_call>" call_tail)*' if calling.many else ""
-        rules = f'call_tail: "\\n"? body "\\n"? "</tool_call>"\nSEP: /\\n*/\n{body}\n'
+        rules = f'call_tail: "\\n"? body "\\n"? "</tool_call>"\nSEP: /\\n?/\n{body}\n'
         if calling.at_least_one:
             return f'start: "<tool_call>" call_tail{more}\n{rules}'
         return (f"start: TEXT | head call_tail{more}\n"
