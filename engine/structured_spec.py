@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from pagebatch.engine.regex_dialect import ascii_classes, schema_with_ascii_patterns
+from pagebatch.engine.regex_dialect import lark_regex, schema_with_ascii_patterns
 
 KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
 MAX_SPEC_CHARS = 64 * 1024  # a schema, regex or grammar's text
@@ -132,7 +132,7 @@ def grammar_text(spec: GrammarSpec) -> str:
         if spec.kind == "json_object":
             return llg.LLMatcher.grammar_from_json_schema('{"type": "object"}', overrides=_JSON_OPTIONS)
         if spec.kind == "regex":
-            return llg.LLMatcher.grammar_from_lark(f"start: /{ascii_classes(spec.spec)}/")
+            return llg.LLMatcher.grammar_from_lark(f"start: /{lark_regex(spec.spec)}/")
         if spec.kind == "choice":
             return llg.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in spec.choices))
         return llg.grammar_from("grammar", spec.spec)  # Lark as is; GBNF converted to Lark

@@ -48,7 +48,11 @@ def token_bytes(tokenizer) -> TokenBytes:
     special = {i for i, added in backend.get_added_tokens_decoder().items() if added.special}
     special |= {i for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
     anchor, anchor_text = _anchor(backend, special)
-    decoded = backend.decode_batch([[anchor, t] for t in range(size)], skip_special_tokens=False)
+    if backend.decode([anchor, anchor], skip_special_tokens=False) == anchor_text * 2:
+        decoded = backend.decode_batch([[anchor, t] for t in range(size)], skip_special_tokens=False)
+    else:  # a tokenizer without a decoder joins tokens with a space: each token alone is its text
+        anchor_text = ""
+        decoded = backend.decode_batch([[t] for t in range(size)], skip_special_tokens=False)
     pieces: list[bytes] = []
     unresolved: set[int] = set()
     for t, text in enumerate(decoded):

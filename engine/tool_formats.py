@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pagebatch.engine.outputs import ToolCall
@@ -68,6 +69,7 @@ class ToolFormat:
         return out, None
 
     # -- the grammar ------------------------------------------------------------------------------------------
+    @lru_cache(maxsize=256)  # a batch repeats its tools on every line: build the text once
     def grammar(self, calling: ToolCalling) -> str:
         """The Lark grammar (llguidance's dialect) every answer of this request follows."""
         if self.name == "llama3_json":

@@ -1,6 +1,7 @@
 """The sampling surface of a batch line: penalties, logit_bias, min_tokens, n choices, unsupported parameters,
 and OpenAI's context rule, from the body through `to_engine_request` and `execute` on an EngineLoop."""
 import json
+import re
 
 import pytest
 from openai.types.chat import ChatCompletion
@@ -158,3 +159,22 @@ def test_engine_rejections_are_per_line_400s_naming_the_parameter(loop):
     assert set(output) == {"line-2", "line-4"}
     assert usage["line-1"]["prompt_tokens"] == usage["line-1"]["completion_tokens"] == 0
     assert len(usage) == 4
+
+
+def test_a_constraint_that_cannot_be_completed_is_an_error_line_never_stop(loop):
+    cyclic = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}
+    itself = {"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]}
+    output, errors, usage = run(loop, [
+        {"messages": MSG, "max_tokens": 16, "response_format": {"type": "json_schema",
+                                                                "json_schema": {"name": "c", "schema": cyclic}}},
+        {"messages": MSG, "max_tokens": 16, "guided_json": itself},
+        {"messages": MSG, "max_tokens": 16, "structured_outputs": {"regex": "(x{1000}){1000}"}},
+        {"messages": MSG, "max_tokens": 16, "structured_outputs": {"regex": "[0-9]{3}"}},
+    ])
+    params = {"line-1": "response_format", "line-2": "guided_json", "line-3": "structured_outputs"}
+    for line, param in params.items():
+        assert errors[line]["code"] == "grammar_error" and errors[line]["param"] == param, errors[line]
+        assert "cannot be completed" in errors[line]["message"]
+        assert usage[line]["finish_reason"] == "error"
+    assert output["line-4"]["choices"][0]["finish_reason"] == "stop"
+    assert re.fullmatch("[0-9]{3}", output["line-4"]["choices"][0]["message"]["content"])
