@@ -141,3 +141,19 @@ def test_responses_function_tools_and_items_round_trip():
     with pytest.raises(LineError) as e:
         parse_body(RESPONSES, {"model": "m", "input": "x", "tools": [{"type": "file_search"}]}, 32)
     assert e.value.param == "tools" and e.value.code == "unsupported_parameter"
+
+
+def test_tool_lines_survive_the_shard_round_trip():
+    from pagebatch.jobs.batch.requests import COMPLETIONS
+    from pagebatch.jobs.batch.validate import ValidLine
+
+    history = USER + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_current_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "31 C"}]
+    requests = [to_engine_request(CHAT, {"messages": history, "tools": TOOLS, "tool_choice": "required"}, 8),
+                chat(functions=[WEATHER]),
+                to_engine_request(COMPLETIONS, {"prompt": ["a", [5, 6]], "n": 2}, 8)]
+    for request in requests:
+        again = ValidLine.from_json(ValidLine(1, "c", "m", request).to_json()).request
+        assert again.calls() == request.calls() and again.legacy_functions == request.legacy_functions
+        assert again.params.tools == request.params.tools
