@@ -10,15 +10,20 @@ always validates (scripts/bench_structured.py has the numbers).
 - :class:`GrammarCompiler` (one per engine) turns a spec into a :class:`CompiledGrammar`, cached by (kind, spec
   text) in an LRU: a labeling batch repeats one schema on every line and compiles it once. Errors are cached too.
 - :class:`GrammarState` is one request's matcher: :meth:`~GrammarState.fill_mask`, :meth:`~GrammarState.accept`,
-  :meth:`~GrammarState.is_terminated`. No rollback: the engine never un-generates a token (a preempted request
-  keeps its tokens and is recomputed).
+  :meth:`~GrammarState.is_terminated`, :attr:`~GrammarState.error`. No rollback: the engine never un-generates a
+  token (a preempted request keeps its tokens and is recomputed). An answer whose grammar refused a token or has
+  nothing left to allow ends as an error (engine/stopping.py), never as "stop".
+- The grammar engine sees each token's true bytes (engine/token_bytes.py, read through the tokenizer's own decoder,
+  whatever the tokenizer's kind), not its own reading of tokenizer.json, and a constrained answer's text is those
+  bytes: exactly what the grammar matched.
 - :func:`apply_masks` masks the rows that have a grammar (out of place, like the rest of the sampler): one
   batched fill on llguidance's thread pool and one batched tensor op; the other rows are not touched.
   :func:`apply_bitmask` (engine/structured_mask.py, with the bitmask's fill) is the in-place op under it.
 
-JSON is generated compact (``{"a":1,"b":[2]}``: no whitespace between tokens), which keeps a small model from
-looping on whitespace and costs fewer tokens. An answer ends when its grammar can take nothing but EOS
-(``is_terminated``); one that runs out of max_tokens first is cut, as any answer is.
+Regexes and schema patterns are read in one dialect (engine/regex_dialect.py). JSON is generated compact
+(``{"a":1,"b":[2]}``: no whitespace between tokens), which keeps a small model from looping on whitespace and
+costs fewer tokens. An answer ends when its grammar can take nothing but EOS (``is_terminated``); one that runs
+out of max_tokens first is cut, as any answer is.
 
 Every error is a ValueError whose message starts with the request parameter the spec came from
 (``response_format: ...``), so one bad line fails alone with a clear error.
