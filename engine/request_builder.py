@@ -1,9 +1,10 @@
 """Turns a user's prompt and SamplingParams into a Request the scheduler can run, or rejects it.
 
 Everything slow or fallible about a new request happens here, before the engine thread sees it:
-checking its parameters, rendering the chat template, tokenizing (bounded first by the prompt's
+checking its parameters, rendering the chat template (with a tool request's functions, in the model's own
+tool-call format: engine/tool_formats.py), tokenizing (bounded first by the prompt's
 length in characters), checking it fits the context and the KV pool, and building its generator,
-stop-string detokenizer, label trie and logits-adjustment tensors (penalties, logit_bias, min_tokens).
+stop-string detokenizer, label trie, grammar state and logits-adjustment tensors (penalties, logit_bias, min_tokens).
 An embedding request (PoolingParams) gets its pooling state instead, checked against the checkpoint's pooling.
 It is thread-safe, so ``EngineLoop.submit`` runs it on the caller's thread.
 """
