@@ -178,3 +178,18 @@ def test_a_constraint_that_cannot_be_completed_is_an_error_line_never_stop(loop)
         assert usage[line]["finish_reason"] == "error"
     assert output["line-4"]["choices"][0]["finish_reason"] == "stop"
     assert re.fullmatch("[0-9]{3}", output["line-4"]["choices"][0]["message"]["content"])
+
+
+def test_a_list_of_completion_prompts_gives_each_its_choices_in_order(loop):
+    output, errors, usage = run(loop, [{"prompt": ["once upon", "the batch model token", [5, 6, 7]], "n": 2,
+                                        "max_tokens": 3, "temperature": 0, "ignore_eos": True},
+                                       {"prompt": "the batch model token", "max_tokens": 3, "temperature": 0,
+                                        "ignore_eos": True}], endpoint=COMPLETIONS)
+    assert not errors
+    body = output["line-1"]
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    texts = [c["text"] for c in body["choices"]]
+    assert texts[2] == texts[3] == output["line-2"]["choices"][0]["text"]  # prompt 1's choices, greedy
+    alone = output["line-2"]["usage"]["prompt_tokens"]
+    assert body["usage"]["completion_tokens"] == 18 == usage["line-1"]["completion_tokens"]
+    assert usage["line-1"]["prompt_tokens"] == body["usage"]["prompt_tokens"] > alone + 3  # each prompt once
