@@ -36,13 +36,14 @@ class PromptProcessor:
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
 
-    def token_ids(self, prompt: Prompt, leave: int = 1) -> list[int]:
-        """``leave``: context positions the prompt must leave free (1 for a generated token, 0 for an embedding)."""
+    def token_ids(self, prompt: Prompt, leave: int = 1, tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """``leave``: context positions the prompt must leave free (1 for a generated token, 0 for an embedding).
+        ``tools``: the chat template's ``tools`` argument (OpenAI's function tools), for chat messages only."""
         if isinstance(prompt, str):
             self._check_chars(len(prompt))
             ids = self._tokenize(prompt, add_special_tokens=True)
         elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            ids = self.render_chat(prompt)
+            ids = self.render_chat(prompt, tools)
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
             self._check_length(len(ids), leave)
@@ -56,15 +57,18 @@ class PromptProcessor:
         self._check_length(len(ids), leave)
         return ids
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Messages may carry OpenAI's ``tool_calls`` (assistant) and ``tool_call_id`` (role ``tool``) as well."""
         for i, m in enumerate(messages):
             if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise PromptError(f"message {i} must have a string 'role' and a string 'content'")
-        self._check_chars(sum(len(m["role"]) + len(m["content"]) for m in messages))
+        extra = sum(len(str(m.get("tool_calls") or "")) for m in messages) + len(str(tools or ""))
+        self._check_chars(sum(len(m["role"]) + len(m["content"]) for m in messages) + extra)
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise PromptError("this model's tokenizer has no chat template; send a plain text prompt instead")
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                      tokenize=False)
         except Exception as exc:  # noqa: BLE001 - template errors are the user's messages not fitting the template
             raise PromptError(f"the chat template could not render these messages: {exc}") from exc
         return self._tokenize(text, add_special_tokens=False)

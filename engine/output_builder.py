@@ -18,8 +18,15 @@ class OutputBuilder:
             return self._pooled(done)
         if req.detokenizer is not None:
             text = req.detokenizer.text
+        elif req.grammar_state is not None:  # the bytes its grammar matched, exactly
+            text = req.grammar_state.text(req.output_token_ids)
         else:
             text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=req.params.skip_special_tokens)
+        tool_calls = None
+        if req.tool_format is not None and done.reason == "stop":
+            parsed = req.tool_format.parse(req.output_token_ids, req.grammar_state.token_bytes)
+            if parsed is not None:
+                text, tool_calls = parsed
         logprobs = None
         if req.logprobs is not None:
             logprobs = [
@@ -38,6 +45,7 @@ class OutputBuilder:
             error=done.error,
             error_code=done.error_code,
             metrics=req.metrics,
+            tool_calls=tool_calls,
         )
 
     @staticmethod

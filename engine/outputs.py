@@ -25,6 +25,14 @@ class TokenLogprob:
 
 
 @dataclass
+class ToolCall:
+    """One function call read out of an answer (engine/tool_formats.py): arguments as compact JSON text."""
+
+    name: str
+    arguments: str
+
+
+@dataclass
 class RequestMetrics:
     arrival_time: float  # time.time() when the engine accepted the request
     first_scheduled_time: float | None = None
@@ -60,6 +68,9 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     # an embedding request's vector (engine.pooling), set when it finished with "stop"; its token_ids stay empty
     embedding: list[float] | None = None
+    # a request with tools: the calls its complete answer made ([] for a text answer; ``text`` is then the text
+    # before the calls); None without tools or when the answer was cut before it was complete
+    tool_calls: list[ToolCall] | None = None
 
     @property
     def finished(self) -> bool:

@@ -40,6 +40,7 @@ class Request:
         logits_state: Any = None,
         grammar_state: Any = None,
         pooling: PoolingState | None = None,
+        tool_format: Any = None,
     ) -> None:
         self.request_id: str = request_id
         self.prompt_token_ids: list[int] = prompt_token_ids
@@ -63,6 +64,8 @@ class Request:
         self.grammar_state: Any = grammar_state
         # set for an embedding request: prefill only, never sampled; it finishes with its prompt computed
         self.pooling: PoolingState | None = pooling
+        # engine.tool_formats.ToolFormat when params.tools: its calls are read out of the finished answer
+        self.tool_format: Any = tool_format
         self.metrics: RequestMetrics = RequestMetrics(arrival_time=time.time())
         # Whom the request is for (a tenant): the scheduler shares its waiting queue fairly between keys.
         self.fairness_key: str = ""

@@ -1,9 +1,10 @@
 """Turns a user's prompt and SamplingParams into a Request the scheduler can run, or rejects it.
 
 Everything slow or fallible about a new request happens here, before the engine thread sees it:
-checking its parameters, rendering the chat template, tokenizing (bounded first by the prompt's
+checking its parameters, rendering the chat template (with a tool request's functions, in the model's own
+tool-call format: engine/tool_formats.py), tokenizing (bounded first by the prompt's
 length in characters), checking it fits the context and the KV pool, and building its generator,
-stop-string detokenizer, label trie and logits-adjustment tensors (penalties, logit_bias, min_tokens).
+stop-string detokenizer, label trie, grammar state and logits-adjustment tensors (penalties, logit_bias, min_tokens).
 An embedding request (PoolingParams) gets its pooling state instead, checked against the checkpoint's pooling.
 It is thread-safe, so ``EngineLoop.submit`` runs it on the caller's thread.
 """
@@ -24,7 +25,9 @@ from pagebatch.engine.request import Request
 from pagebatch.engine.sampler import LogitsState
 from pagebatch.engine.sampling_params import SamplingParams
 from pagebatch.engine.stopping import MinTokensDetokenizer
-from pagebatch.engine.structured import GrammarCompiler
+from pagebatch.engine.structured import GrammarCompiler, GrammarSpec
+from pagebatch.engine.tool_formats import ToolFormat, detect
+from pagebatch.engine.tool_spec import ToolCalling
 
 MAX_CACHED_TRIES = 256
 
@@ -57,6 +60,14 @@ class RequestBuilder:
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._tries_lock = threading.Lock()
         self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)  # compiled once per spec (LRU)
+        self._tool_format: ToolFormat | None = None
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        """The checkpoint's tool-call format, read off its chat template once."""
+        if self._tool_format is None:
+            self._tool_format = detect(self.tokenizer)
+        return self._tool_format
 
     def build(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams) -> Request:
         """Raises RequestRejected (with the prompt's token ids when it got that far) for a request that cannot run."""
@@ -65,7 +76,10 @@ class RequestBuilder:
         if not self.generates:
             raise RequestRejected("this model serves embeddings only: its checkpoint is a base model without a "
                                   "language-model head, so it cannot generate text; send embedding requests")
-        ids = self.prompts.token_ids(prompt)
+        calling = params.tools if isinstance(params, SamplingParams) and isinstance(params.tools, ToolCalling) else None
+        prompt, template_tools = self._with_tools(prompt, calling)
+        ids = self.prompts.token_ids(prompt, tools=template_tools)
+        tool_format = None
         try:
             if not isinstance(params, SamplingParams):
                 raise RequestRejected(f"params must be SamplingParams, got {type(params).__name__}")
@@ -79,6 +93,9 @@ class RequestBuilder:
                 self._check_context(len(ids), params.max_tokens)
             self._check_fits(len(ids), max_new_tokens)
             grammar_state = None if params.structured is None else self.grammars.new_state(params.structured)
+            if calling is not None:
+                tool_format = self.tool_format
+                grammar_state = self.grammars.new_state(GrammarSpec("grammar", tool_format.grammar(calling), "tools"))
         except ValueError as exc:  # RequestRejected, or SamplingParams.validate's ValueError
             rejected = exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc))
             rejected.prompt_token_ids = ids
@@ -86,7 +103,8 @@ class RequestBuilder:
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         generator = None if params.greedy else torch.Generator(device=self.device).manual_seed(seed)
         detokenizer = None
-        if params.stop and params.choices is None:  # a label ends at its last token; stop strings do not apply
+        # a label ends at its last token and a grammar where it is complete: stop strings do not apply to either
+        if params.stop and params.choices is None and grammar_state is None:
             if params.min_tokens:
                 detokenizer = MinTokensDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens,
                                                    params.min_tokens)
@@ -98,7 +116,28 @@ class RequestBuilder:
             logits_state = LogitsState(params, ids, stop_ids)
         return Request(request_id, ids, params, generator=generator, detokenizer=detokenizer,
                        choice_state=choice_state, logits_state=logits_state,
-                       grammar_state=grammar_state)
+                       grammar_state=grammar_state, tool_format=tool_format)
+
+    def _with_tools(self, prompt: Prompt, calling: ToolCalling | None) -> tuple[Prompt, list | None]:
+        """Chat messages as the checkpoint's tool format renders them, and the template's ``tools`` argument."""
+        is_chat = isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
+        if not is_chat:
+            if calling is not None:
+                raise RequestRejected("tools need a chat prompt (a list of messages)")
+            return prompt, None
+        has_calls = any(m.get("tool_calls") or m.get("role") == "tool" for m in prompt)
+        if calling is None and not has_calls:
+            return prompt, None
+        if calling is not None:
+            try:
+                calling.validate()
+            except ValueError as exc:
+                raise RequestRejected(str(exc)) from None
+        try:
+            return self.tool_format.prepare(prompt, calling)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RequestRejected(f"a message with tool calls could not be read ({type(exc).__name__}: {exc}); "
+                                  "send OpenAI's message shapes") from None
 
     def plan(self, prompt: Prompt, params: SamplingParams | PoolingParams) -> RequestPlan:
         """The request's plan after every check ``build`` makes (RequestRejected where it would reject it)."""

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from pagebatch.engine.structured import GrammarSpec
+from pagebatch.engine.tool_spec import ToolCalling
 
 MAX_LOGPROBS = 20
 MAX_TEMPERATURE = 2.0
@@ -68,9 +69,13 @@ class SamplingParams:
     # Constrain the answer to a JSON schema, any JSON object, a regex, a label set or a grammar (engine/structured.py);
     # it ends when the grammar can take nothing but EOS. Stored shards hold it as a dict: __post_init__ rebuilds it.
     structured: GrammarSpec | None = None
+    # Functions the answer may call (engine/tool_spec.py): rendered through the chat template, the answer constrained
+    # to text or calls in the checkpoint's format (engine/tool_formats.py), the calls parsed into RequestOutput.
+    tools: ToolCalling | None = None
 
     def __post_init__(self) -> None:
         self.structured = GrammarSpec.coerce(self.structured)  # never raises; validate() reports a bad value
+        self.tools = ToolCalling.coerce(self.tools)
 
     @property
     def greedy(self) -> bool:
@@ -116,6 +121,16 @@ class SamplingParams:
                 raise ValueError(f"{param}: give one output constraint; choices is set too")
             if self.min_tokens:
                 raise ValueError(f"min_tokens cannot be combined with {param}: the grammar decides where the answer ends")
+        if self.tools is not None:
+            if not isinstance(self.tools, ToolCalling):
+                raise ValueError(f"tools must be a ToolCalling, got {_show(self.tools)}")
+            self.tools.validate()
+            if self.structured is not None or self.choices is not None:
+                raise ValueError("tools: give tools or an output constraint (response_format, structured_outputs, "
+                                 "guided_*), not both")
+            if self.min_tokens:
+                raise ValueError("min_tokens cannot be combined with tools: the tool-call grammar decides where the "
+                                 "answer ends")
 
     def _validate_penalties(self, vocab_size: int | None) -> None:
         for name in ("presence_penalty", "frequency_penalty"):

@@ -29,7 +29,7 @@ from pagebatch.engine.fair_waiting import FairWaitingQueue
 from pagebatch.engine.outputs import FinishReason
 from pagebatch.engine.request import Request, RequestStatus
 from pagebatch.engine.sampler import SampledToken
-from pagebatch.engine.stopping import stop_reason
+from pagebatch.engine.stopping import GrammarFailed, stop_reason
 
 
 @dataclass
@@ -241,6 +241,9 @@ class Scheduler:
             elif token is not None:
                 try:
                     reason = self._append(req, token)
+                except GrammarFailed as exc:  # a constrained answer that cannot be completed: never "stop"
+                    finished.append(self.finish(req, "error", str(exc), exc.code))
+                    continue
                 except Exception as exc:  # noqa: BLE001 - one request's bad state fails it alone
                     finished.append(self.finish(req, "error", f"the engine failed on this request: {exc!r}", "engine_error"))
                     continue

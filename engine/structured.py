@@ -10,15 +10,20 @@ always validates (scripts/bench_structured.py has the numbers).
 - :class:`GrammarCompiler` (one per engine) turns a spec into a :class:`CompiledGrammar`, cached by (kind, spec
   text) in an LRU: a labeling batch repeats one schema on every line and compiles it once. Errors are cached too.
 - :class:`GrammarState` is one request's matcher: :meth:`~GrammarState.fill_mask`, :meth:`~GrammarState.accept`,
-  :meth:`~GrammarState.is_terminated`. No rollback: the engine never un-generates a token (a preempted request
-  keeps its tokens and is recomputed).
+  :meth:`~GrammarState.is_terminated`, :attr:`~GrammarState.error`. No rollback: the engine never un-generates a
+  token (a preempted request keeps its tokens and is recomputed). An answer whose grammar refused a token or has
+  nothing left to allow ends as an error (engine/stopping.py), never as "stop".
+- The grammar engine sees each token's true bytes (engine/token_bytes.py, read through the tokenizer's own decoder,
+  whatever the tokenizer's kind), not its own reading of tokenizer.json, and a constrained answer's text is those
+  bytes: exactly what the grammar matched.
 - :func:`apply_masks` masks the rows that have a grammar (out of place, like the rest of the sampler): one
   batched fill on llguidance's thread pool and one batched tensor op; the other rows are not touched.
   :func:`apply_bitmask` (engine/structured_mask.py, with the bitmask's fill) is the in-place op under it.
 
-JSON is generated compact (``{"a":1,"b":[2]}``: no whitespace between tokens), which keeps a small model from
-looping on whitespace and costs fewer tokens. An answer ends when its grammar can take nothing but EOS
-(``is_terminated``); one that runs out of max_tokens first is cut, as any answer is.
+Regexes and schema patterns are read in one dialect (engine/regex_dialect.py). JSON is generated compact
+(``{"a":1,"b":[2]}``: no whitespace between tokens), which keeps a small model from looping on whitespace and
+costs fewer tokens. An answer ends when its grammar can take nothing but EOS (``is_terminated``); one that runs
+out of max_tokens first is cut, as any answer is.
 
 Every error is a ValueError whose message starts with the request parameter the spec came from
 (``response_format: ...``), so one bad line fails alone with a clear error.
@@ -46,18 +51,20 @@ from pagebatch.engine.structured_spec import (
     check_depth,
     grammar_text,
 )
+from pagebatch.engine.token_bytes import TokenBytes, token_bytes
 
 class CompiledGrammar:
     """A grammar ready for one tokenizer: a matcher in its start state, copied for each request (copying is
     a fraction of a microsecond; building a matcher is what compiles)."""
 
-    def __init__(self, template, eos_token_ids: tuple[int, ...], words: int) -> None:
+    def __init__(self, template, eos_token_ids: tuple[int, ...], words: int, token_bytes: TokenBytes) -> None:
         self._template = template
         self.eos_token_ids = eos_token_ids
         self.words = words  # int32 words in one row of its bitmask
+        self.token_bytes = token_bytes
 
     def new_state(self) -> "GrammarState":
-        return GrammarState(self._template.deep_copy(), self.eos_token_ids, self.words)
+        return GrammarState(self._template.deep_copy(), self.eos_token_ids, self.words, self.token_bytes)
 
 
 class GrammarCompiler:
@@ -80,6 +87,7 @@ class GrammarCompiler:
         self._lock = threading.Lock()
         self._ll_tokenizer = None
         self._words = 0
+        self.token_bytes: TokenBytes | None = None  # every token's bytes, as the grammar engine sees them
 
     def _tokenizer(self):
         if self._ll_tokenizer is None:
@@ -94,13 +102,11 @@ class GrammarCompiler:
             raise ValueError(_INSTALL)
         if not self.eos_token_ids:
             raise ValueError("structured outputs need a model with an end-of-sequence token")
-        import llguidance.hf
-
-        n_vocab = max(self.vocab_size, len(self.tokenizer))
-        try:
-            wrapped = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=n_vocab, eos_token=list(self.eos_token_ids))
-        except ValueError as exc:  # a slow (Python) tokenizer
-            raise ValueError(f"structured outputs need a fast tokenizer ({exc})") from None
+        self.token_bytes = token_bytes(self.tokenizer)  # raises ValueError for a slow tokenizer
+        n_vocab = max(self.vocab_size, len(self.token_bytes))
+        table = _TokenTable(self.tokenizer, self.token_bytes, n_vocab, self.eos_token_ids[0])
+        wrapped = llg.LLTokenizer(llg.TokenizerWrapper(table), n_vocab=n_vocab, eos_token=list(self.eos_token_ids))
+        table.greedy = wrapped.greedy_tokenize
         self._words = (wrapped.vocab_size + 31) // 32
         return wrapped
 
@@ -125,7 +131,9 @@ class GrammarCompiler:
         return found
 
     def new_state(self, spec: GrammarSpec) -> "GrammarState":
-        return self.compile(spec).new_state()
+        state = self.compile(spec).new_state()
+        state.param = spec.param
+        return state
 
     def _compile(self, spec: GrammarSpec) -> CompiledGrammar | str:
         """A CompiledGrammar, or the error message (without the parameter's name), which is cached as well."""
@@ -139,22 +147,52 @@ class GrammarCompiler:
         template = llg.LLMatcher(tokenizer, grammar, log_level=0)  # never raises: errors are its state
         if template.is_error():
             return f"invalid {_NAMES[spec.kind]}: {_short(template.get_error())}"
-        return CompiledGrammar(template, self.eos_token_ids, self._words)
+        return CompiledGrammar(template, self.eos_token_ids, self._words, self.token_bytes)
 
     def cache_info(self) -> dict[str, int]:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "size": len(self._cache)}
 
 
+class _TokenTable:
+    """What llguidance's TokenizerWrapper reads: every token's true bytes (engine/token_bytes.py) instead of
+    llguidance's own reading of tokenizer.json, and a tokenizer for the text a grammar forces.
+
+    The forced text must come back as tokens whose bytes are exactly that text: the tokenizer's own encoding
+    where it is (byte-level BPE), else a greedy one over the table (a SentencePiece normalizer prepends a space,
+    so ``SELECT`` would encode as `` SEL`` + ``ECT``)."""
+
+    def __init__(self, tokenizer, table: TokenBytes, n_vocab: int, eos_token_id: int) -> None:
+        self._backend = tokenizer.backend_tokenizer
+        self._pieces = table.pieces
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
+        self.tokens = list(table.pieces) + [b""] * (n_vocab - len(table))  # ids past the tokenizer: never allowed
+        # unresolved tokens are marked special too: no grammar text can then produce them
+        self.special_token_ids = sorted(table.special | table.unresolved)
+        self.greedy = None  # llguidance's greedy tokenizer over these bytes, set once it is built
+
+    def __call__(self, text: str) -> list[int]:
+        if isinstance(text, bytes):
+            raise TypeError("text, not bytes")  # TokenizerWrapper probes this once and then sends str
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        pieces = self._pieces
+        if self.greedy is None or b"".join(pieces[t] for t in ids if t < len(pieces)) == text.encode("utf-8"):
+            return ids
+        return self.greedy(text)
+
+
 class GrammarState:
     """One request's place in its grammar. Used by the engine thread only."""
 
-    __slots__ = ("_matcher", "eos_token_ids", "words")
+    __slots__ = ("_matcher", "eos_token_ids", "words", "token_bytes", "param")
 
-    def __init__(self, matcher, eos_token_ids: tuple[int, ...], words: int) -> None:
+    def __init__(self, matcher, eos_token_ids: tuple[int, ...], words: int, token_bytes: TokenBytes | None = None) -> None:
         self._matcher = matcher
         self.eos_token_ids = eos_token_ids
         self.words = words
+        self.token_bytes = token_bytes
+        self.param = "structured_outputs"  # the request parameter the grammar came from, for error messages
 
     def fill_mask(self, bitmask: torch.Tensor, row: int = 0) -> None:
         """Write the allowed next tokens into ``bitmask[row]`` (int32 on the CPU, bit t % 32 of word t // 32).
@@ -166,7 +204,8 @@ class GrammarState:
         return self._matcher.consume_token(token_id)
 
     def is_terminated(self) -> bool:
-        """Nothing but EOS can follow (or EOS was accepted, or the state is in error): the request should end."""
+        """Nothing but EOS can follow, or EOS was accepted: the request should end. Also true in error: check
+        :attr:`error` first, an answer in error is not complete."""
         return self._matcher.is_stopped()
 
     def allows_eos(self) -> bool:
@@ -175,7 +214,12 @@ class GrammarState:
 
     @property
     def error(self) -> str | None:
+        """Why the grammar cannot go on (a refused token, or nothing but a premature end left), else None."""
         return self._matcher.get_error() if self._matcher.is_error() else None
+
+    def text(self, token_ids: list[int]) -> str:
+        """The answer's text: the very bytes the grammar matched (special tokens add none)."""
+        return self.token_bytes.text(token_ids)
 
 
 def apply_masks(logits: torch.Tensor, states: list[GrammarState | None], *, inplace: bool = False) -> torch.Tensor:

@@ -11,6 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from pagebatch.engine.regex_dialect import lark_regex, schema_with_ascii_patterns
+
 KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
 MAX_SPEC_CHARS = 64 * 1024  # a schema, regex or grammar's text
 MAX_SCHEMA_DEPTH = 32  # nesting of a JSON schema document (objects and arrays)
@@ -125,11 +127,12 @@ def grammar_text(spec: GrammarSpec) -> str:
         raise ValueError(f"{spec.param}: {_INSTALL}")
     try:
         if spec.kind == "json_schema":
-            return llg.LLMatcher.grammar_from_json_schema(spec.spec, overrides=_JSON_OPTIONS)
+            schema = schema_with_ascii_patterns(json.loads(spec.spec))
+            return llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=_JSON_OPTIONS)
         if spec.kind == "json_object":
             return llg.LLMatcher.grammar_from_json_schema('{"type": "object"}', overrides=_JSON_OPTIONS)
         if spec.kind == "regex":
-            return llg.LLMatcher.grammar_from_regex(spec.spec)
+            return llg.LLMatcher.grammar_from_lark(f"start: /{lark_regex(spec.spec)}/")
         if spec.kind == "choice":
             return llg.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in spec.choices))
         return llg.grammar_from("grammar", spec.spec)  # Lark as is; GBNF converted to Lark

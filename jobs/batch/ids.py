@@ -32,6 +32,11 @@ def is_valid_id(value: str, prefix: str) -> bool:
     return value.startswith(prefix) and 0 < len(rest) <= 64 and all(c.isalnum() or c == "-" for c in rest)
 
 
+def tool_call_id(response_id: str, choice: int, index: int) -> str:
+    """The id of a call in an answer: the same on every run of the line (a re-run shard writes the same result)."""
+    return stable_id("call_", response_id, choice, index)
+
+
 def stable_id(prefix: str, *parts: object) -> str:
     """Ids that a re-run of the same request reproduces, so a re-run shard rewrites identical lines."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:24]

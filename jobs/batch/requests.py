@@ -12,25 +12,23 @@ from pagebatch.jobs.batch.line_errors import LineError
 from pagebatch.jobs.batch.schema import CHAT, COMPLETIONS
 from pagebatch.jobs.batch.shard_input import GenerateSpec, SamplingSpec
 from pagebatch.jobs.batch.structured_outputs import BODY_KEYS, parse_structured_outputs
+from pagebatch.jobs.batch.tools import TOOL_KEYS, Unsupported, assistant_calls, parse_tools, tool_result
 
 __all__ = ["CHAT", "COMPLETIONS", "EngineRequest", "LineError", "MAX_N", "Prompt", "check_parameters",
            "derived_seed", "to_engine_request"]
 
-_CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+               "function": "tool"}
 # Accepted and ignored: they change nothing about the generated text.
-_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls",
-            "prompt_cache_key", "safety_identifier"}
+_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "prompt_cache_key",
+            "safety_identifier"}
 _COMMON = {"temperature", "top_p", "seed", "stop", "n", "stream", "max_tokens", "presence_penalty",
            "frequency_penalty", "logit_bias", "top_k", "repetition_penalty", "min_tokens", "ignore_eos",
            } | BODY_KEYS
-_CHAT_ONLY = {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
+_CHAT_ONLY = {"messages", "max_completion_tokens", "logprobs", "top_logprobs"} | TOOL_KEYS
 _COMPLETION_ONLY = {"prompt", "logprobs", "echo", "best_of", "suffix"}
 # OpenAI parameters this server knows but cannot honour: a line that sets one is refused, naming it and why.
 _UNSUPPORTED = {
-    "tools": "tool calls are not supported (text generation only)",
-    "tool_choice": "tool calls are not supported (text generation only)",
-    "functions": "function calls are not supported (text generation only)",
-    "function_call": "function calls are not supported (text generation only)",
     "audio": "audio output is not supported (text generation only)",
     "modalities": "only text output is supported",
     "prediction": "predicted outputs are not supported",
@@ -38,10 +36,10 @@ _UNSUPPORTED = {
     "reasoning_effort": "reasoning models are not served here",
     "verbosity": "reasoning models are not served here",
 }
-MAX_N = 128  # choices per line
+MAX_N = 128  # choices per line (prompts x n for a list of completion prompts)
 
 
-Prompt = str | list[int] | list[dict[str, str]]
+Prompt = str | list[int] | list[dict[str, Any]]
 
 
 @dataclass
@@ -50,6 +48,10 @@ class EngineRequest:
     params: SamplingParams
     n: int = 1  # choices: one engine request each
     echo: dict[str, Any] | None = None  # request fields the response repeats (the Responses API's)
+    # /v1/completions with a list of prompts: all of them (``prompt`` is the first); n choices each, in order
+    prompts: list[Prompt] | None = None
+    # the calls came from the legacy ``functions``: answered as message.function_call, finish_reason "function_call"
+    legacy_functions: bool = False
 
     def to_spec(self) -> GenerateSpec:
         """The request as a shard stores it (jobs/batch/shard_input.py); fields are copied by name."""
@@ -66,8 +68,8 @@ class EngineRequest:
         return cls(params=SamplingParams(**spec.sampling.model_dump()), **own)
 
     def calls(self) -> list[tuple[Prompt, SamplingParams]]:
-        """The engine requests of the line, one per choice, in order."""
-        return [(self.prompt, self.choice_params(i)) for i in range(self.n)]
+        """The engine requests of the line, in order: each prompt's n choices."""
+        return [(prompt, self.choice_params(i)) for prompt in self.prompts or [self.prompt] for i in range(self.n)]
 
     def choice_params(self, index: int) -> SamplingParams:
         """The parameters of choice ``index``: with a seed, each choice gets its own seed derived from it (choice 0
@@ -105,8 +107,15 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
     _require(body.get("stream", False) in (False, None), "stream is not supported in batches", "stream",
              "unsupported_parameter")
 
+    prompts = None
+    calling, legacy = None, False
     if endpoint == CHAT:
         prompt: Any = _chat_messages(body.get("messages"))
+        try:
+            calling, legacy = parse_tools(body)
+        except ValueError as e:
+            code = "unsupported_parameter" if isinstance(e, Unsupported) else "invalid_parameter"
+            raise LineError(str(e), code, _param_named_in(str(e))) from None
         max_tokens = body.get("max_completion_tokens")
         max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
         logprobs = None
@@ -119,7 +128,11 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
         if max_tokens is None:
             max_tokens = default_max_tokens
     else:
-        prompt = _completion_prompt(body.get("prompt"))
+        prompts = _completion_prompts(body.get("prompt"))
+        prompt = prompts[0]
+        prompts = prompts if len(prompts) > 1 else None
+        _require(len(prompts or [prompt]) * n <= MAX_N, f"prompts x n must be at most {MAX_N} choices per line, got "
+                 f"{len(prompts or [prompt])} x {n}; split the prompts over several lines", "prompt")
         _require(not body.get("echo"), "echo is not supported", "echo", "unsupported_parameter")
         _require(body.get("best_of") in (None, 1, n), "best_of other than 1 or n is not supported (no ranking of "
                  "candidates)", "best_of")
@@ -156,12 +169,13 @@ def to_engine_request(endpoint: str, body: dict[str, Any], default_max_tokens: i
         min_tokens=_number(body, "min_tokens", 0),
         # OpenAI refuses a max_tokens the context cannot hold; a default one is capped by the context instead
         reject_over_context=explicit_max,
+        tools=calling,
     )
     try:
         params.validate()
     except ValueError as e:
         raise LineError(str(e), "invalid_parameter", _param_named_in(str(e))) from None
-    return EngineRequest(prompt, params, n)
+    return EngineRequest(prompt, params, n, prompts=prompts, legacy_functions=legacy)
 
 
 def _logit_bias(value: Any) -> dict[int, Any] | None:
@@ -195,23 +209,27 @@ def _number(body: dict[str, Any], name: str, default: float) -> Any:
 
 
 def _param_named_in(message: str) -> str | None:
-    first = message.split(" ", 1)[0].rstrip(":,")
+    first = message.split(" ", 1)[0].rstrip(":,").split("[", 1)[0].split(".", 1)[0]
     return first if first.isidentifier() else None
 
 
-def _chat_messages(messages: Any) -> list[dict[str, str]]:
+def _chat_messages(messages: Any) -> list[dict[str, Any]]:
     if messages is None:
         raise LineError("messages is required for /v1/chat/completions", "missing_messages", "messages")
     if not isinstance(messages, list) or not messages:
         raise LineError("messages must be a non-empty list", "invalid_parameter", "messages")
-    out = []
+    out: list[dict[str, Any]] = []
+    calls_by_id: dict[str, str] = {}  # tool_call_id -> function name, for the tool turns that answer them
     for i, message in enumerate(messages):
-        if isinstance(message, dict) and message.get("role") in ("tool", "function"):
-            raise LineError(f"messages[{i}]: {message['role']} messages are not supported (no tool calls)",
-                            "unsupported_parameter", "messages")
         if not isinstance(message, dict) or message.get("role") not in _CHAT_ROLES:
             raise LineError(f"messages[{i}] needs a role in {sorted(_CHAT_ROLES)}", "invalid_parameter", "messages")
+        try:
+            calls = assistant_calls(i, message) if message["role"] == "assistant" else []
+        except ValueError as e:
+            raise LineError(str(e).split(": ", 1)[1], "invalid_parameter", "messages") from None
         content = message.get("content")
+        if content is None and calls:
+            content = ""
         if isinstance(content, list):
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
@@ -224,17 +242,33 @@ def _chat_messages(messages: Any) -> list[dict[str, str]]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise LineError(f"messages[{i}].content must be a string", "invalid_parameter", "messages")
-        out.append({"role": _CHAT_ROLES[message["role"]], "content": content})
+        if _CHAT_ROLES[message["role"]] == "tool":
+            try:
+                out.append(tool_result(i, message, content, calls_by_id))
+            except ValueError as e:
+                raise LineError(str(e).split(": ", 1)[1], "invalid_parameter", "messages") from None
+            continue
+        turn: dict[str, Any] = {"role": _CHAT_ROLES[message["role"]], "content": content}
+        if calls:
+            turn["tool_calls"] = calls
+            calls_by_id.update((c["id"], c["function"]["name"]) for c in calls)
+        out.append(turn)
     return out
 
 
-def _completion_prompt(prompt: Any) -> str | list[int]:
+def _completion_prompts(prompt: Any) -> list[str | list[int]]:
+    """OpenAI's four forms: a string, a list of token ids, a list of strings, a list of token-id lists."""
     if prompt is None:
         raise LineError("prompt is required for /v1/completions", "missing_prompt", "prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a one-element batch of prompts is one prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return [_one_prompt(p) for p in prompt]
+    return [_one_prompt(prompt)]
+
+
+def _one_prompt(prompt: Any) -> str | list[int]:
     if isinstance(prompt, str) and prompt:
         return prompt
     if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
         return prompt
-    raise LineError("prompt must be a non-empty string or a list of token ids", "invalid_parameter", "prompt")
+    raise LineError("prompt must be a non-empty string, a list of token ids, or a list of either",
+                    "invalid_parameter", "prompt")

@@ -1,29 +1,33 @@
-"""The Responses API (``/v1/responses``) for text, in batches: a body becomes a chat body, an output a Response.
+"""The Responses API (``/v1/responses``) for text and function calls, in batches: a body becomes a chat body, an
+output a Response.
 
 A Responses body is translated once into the chat form the rest of the pipeline runs (``input`` and
 ``instructions`` to messages, ``max_output_tokens`` to ``max_completion_tokens``, ``text.format`` to
-``response_format``); what it cannot honour (tools, reasoning, stored conversations) fails the line,
-naming the parameter.
+``response_format``, function ``tools`` and ``tool_choice`` to their chat forms, ``function_call`` /
+``function_call_output`` input items to assistant calls and tool turns); what it cannot honour (hosted tools,
+reasoning, stored conversations) fails the line, naming the parameter. Calls come back as ``function_call``
+output items.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from pagebatch.jobs.batch.ids import tool_call_id
 from pagebatch.jobs.batch.requests import EngineRequest, LineError, check_parameters, to_engine_request
 from pagebatch.jobs.batch.schema import CHAT, RESPONSES
 
 __all__ = ["RESPONSES", "parse_body", "response_object", "to_chat_body"]
 
-_ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "text", "metadata")
+_ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "text", "metadata", "tools", "tool_choice",
+           "parallel_tool_calls")
 
 _IGNORED = {"model", "metadata", "store", "user", "service_tier", "prompt_cache_key", "safety_identifier",
-            "parallel_tool_calls", "truncation", "include"}
-_MAPPED = {"input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "top_logprobs"}
+            "truncation", "include"}
+_MAPPED = {"input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "top_logprobs", "tools",
+           "tool_choice", "parallel_tool_calls"}
 _UNSUPPORTED = {
-    "tools": "tool calls are not supported (text generation only)",
-    "tool_choice": "tool calls are not supported (text generation only)",
-    "max_tool_calls": "tool calls are not supported (text generation only)",
+    "max_tool_calls": "a cap on tool calls is not supported (parallel_tool_calls: false allows one call)",
     "reasoning": "reasoning models are not served here",
     "previous_response_id": "stored responses are not kept: send the whole input",
     "conversation": "stored conversations are not kept: send the whole input",
@@ -64,7 +68,38 @@ def to_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     fmt = _text_format(body.get("text"))
     if fmt is not None:
         chat["response_format"] = fmt
+    if body.get("tools") is not None:
+        chat["tools"] = _tools(body["tools"])
+    if body.get("tool_choice") is not None:
+        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+    if body.get("parallel_tool_calls") is not None:
+        chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     return chat
+
+
+def _tools(value: Any) -> list[dict[str, Any]]:
+    """Responses function tools (``{"type": "function", "name", "parameters", ...}``) in their chat form."""
+    if not isinstance(value, list):
+        raise LineError("tools must be a list of function tools", "invalid_parameter", "tools")
+    out = []
+    for i, tool in enumerate(value):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            shown = f"{kind[:40]} tools are" if isinstance(kind, str) else "this tool is"
+            raise LineError(f"tools[{i}]: {shown} not supported; only function tools "
+                            '({"type": "function", "name": ..., "parameters": {...}}) are', "unsupported_parameter",
+                            "tools")
+        out.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
+    return out
+
+
+def _tool_choice(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("type") == "function":
+        return {"type": "function", "function": {"name": value.get("name")}}
+    if isinstance(value, dict):
+        raise LineError(f"tool_choice: {str(value.get('type'))[:40]!r} is not supported; give none, auto, required "
+                        'or {"type": "function", "name": ...}', "unsupported_parameter", "tool_choice")
+    return value
 
 
 def _input_messages(value: Any) -> list[dict[str, Any]]:
@@ -72,10 +107,13 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
         raise LineError("input must be a non-empty string or a list of messages", "invalid_parameter", "input")
-    messages = []
+    messages: list[dict[str, Any]] = []
     for i, item in enumerate(value):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in ("function_call", "function_call_output"):
+            _function_item(i, item, messages)
+            continue
         if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") not in _ROLES:
-            kind = item.get("type") if isinstance(item, dict) else None
             if isinstance(kind, str) and kind != "message":
                 raise LineError(f"input[{i}]: {kind[:40]} items are not supported; only messages are",
                                 "unsupported_parameter", "input")
@@ -92,6 +130,31 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
                             "input")
         messages.append({"role": item["role"], "content": content})
     return messages
+
+
+def _function_item(i: int, item: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+    """A call the model made earlier (joined to the assistant turn before it) or the result of one (a tool turn)."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise LineError(f"input[{i}]: a {item['type']} item needs its call_id", "invalid_parameter", "input")
+    if item["type"] == "function_call_output":
+        output = item.get("output")
+        if isinstance(output, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in output):
+            output = "".join(p["text"] for p in output)
+        if not isinstance(output, str):
+            raise LineError(f"input[{i}].output must be a string or a list of text parts", "invalid_parameter", "input")
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
+        return
+    if not isinstance(item.get("name"), str) or not isinstance(item.get("arguments"), str):
+        raise LineError(f"input[{i}]: a function_call item needs its name and arguments (a JSON string)",
+                        "invalid_parameter", "input")
+    call = {"id": call_id, "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+    if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
+        messages[-1]["tool_calls"].append(call)
+    elif messages and messages[-1]["role"] == "assistant":
+        messages[-1]["tool_calls"] = [call]
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
 def _text_format(text: Any) -> dict[str, Any] | None:
@@ -116,9 +179,16 @@ def response_object(model: str, output: Any, response_id: str, request: dict[str
     request = request or {}
     completion_tokens = len(output.token_ids)
     cut = output.finish_reason == "length"
-    text = {"type": "output_text", "text": output.text, "annotations": [], "logprobs": []}
-    message = {"type": "message", "id": f"msg_{response_id}", "status": "incomplete" if cut else "completed",
-               "role": "assistant", "content": [text]}
+    calls = (getattr(output, "tool_calls", None) or []) if not cut else []
+    items: list[dict[str, Any]] = []
+    if output.text or not calls:
+        text = {"type": "output_text", "text": output.text, "annotations": [], "logprobs": []}
+        items.append({"type": "message", "id": f"msg_{response_id}", "status": "incomplete" if cut else "completed",
+                      "role": "assistant", "content": [text]})
+    for k, call in enumerate(calls):
+        call_id = tool_call_id(response_id, 0, k)
+        items.append({"type": "function_call", "id": f"fc_{call_id[5:]}", "call_id": call_id, "name": call.name,
+                      "arguments": call.arguments, "status": "completed"})
     return {
         "id": f"resp_{response_id}", "object": "response", "created_at": int(time.time()), "model": model,
         "status": "incomplete" if cut else "completed",
@@ -126,8 +196,10 @@ def response_object(model: str, output: Any, response_id: str, request: dict[str
         "instructions": request.get("instructions"), "max_output_tokens": request.get("max_output_tokens"),
         "temperature": request.get("temperature"), "top_p": request.get("top_p"),
         "text": request.get("text") or {"format": {"type": "text"}},
-        "metadata": request.get("metadata") or {}, "output": [message],
-        "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
+        "metadata": request.get("metadata") or {}, "output": items,
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "tool_choice": request.get("tool_choice") or ("auto" if request.get("tools") else "none"),
+        "tools": request.get("tools") or [],
         "usage": {"input_tokens": output.num_prompt_tokens,
                   "input_tokens_details": {"cached_tokens": output.num_cached_tokens, "cache_write_tokens": 0},
                   "output_tokens": completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},

@@ -42,6 +42,15 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ToolsSpec(_Spec):
+    """Tool calling of a generate request (the fields of the engine's ToolCalling)."""
+
+    functions: str  # JSON text of OpenAI's function objects
+    choice: str = "auto"
+    function: str | None = None
+    parallel: bool = True
+
+
 class SamplingSpec(_Spec):
     """The sampling parameters of a generate request (the fields of the engine's SamplingParams)."""
 
@@ -63,6 +72,7 @@ class SamplingSpec(_Spec):
     min_tokens: int = 0
     reject_over_context: bool = False
     structured: dict[str, str] | None = None  # {"kind", "spec", "source"}: the engine's GrammarSpec
+    tools: ToolsSpec | None = None  # the engine's ToolCalling
 
 
 class PoolingSpec(_Spec):
@@ -73,12 +83,17 @@ class PoolingSpec(_Spec):
     pooling: str | None = None
 
 
+Prompt = str | list[int] | list[dict[str, Any]]  # text, token ids, or chat messages (tool calls and results too)
+
+
 class GenerateSpec(_Spec):
     kind: Literal["generate"] = "generate"
-    prompt: str | list[int] | list[dict[str, str]]
+    prompt: Prompt
     sampling: SamplingSpec
     n: int = 1
     echo: dict[str, Any] | None = None
+    prompts: list[Prompt] | None = None  # /v1/completions with a list of prompts (``prompt`` is the first)
+    legacy_functions: bool = False  # calls answered as message.function_call (the legacy ``functions``)
 
 
 class EmbedSpec(_Spec):

@@ -73,6 +73,10 @@ def _response_format(value: Any) -> GrammarSpec | None:
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
         raise ValueError(f'{param}: must be an object with a "type": "text", "json_object" or "json_schema"')
     kind = value["type"]
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValueError(f'{param}: type {kind[:40]!r} is not supported by this server; the type must be "text", '
+                         '"json_object" or "json_schema" (structured_outputs takes a regex, a choice or a grammar, '
+                         'and tools take function calls)')
     extra = sorted(set(value) - ({"type", "json_schema"} if kind == "json_schema" else {"type"}))
     if extra:
         raise ValueError(f"{param}: unexpected field {extra[0][:40]!r} for type {kind[:20]!r}")
@@ -80,8 +84,6 @@ def _response_format(value: Any) -> GrammarSpec | None:
         return None
     if kind == "json_object":
         return GrammarSpec("json_object", "", param)
-    if kind != "json_schema":
-        raise ValueError(f'{param}: type must be "text", "json_object" or "json_schema", got {kind[:40]!r}')
     spec = value.get("json_schema")
     if not isinstance(spec, dict):
         raise ValueError(f'{param}: json_schema must be an object: {{"name": ..., "schema": {{...}}, "strict": true}}')

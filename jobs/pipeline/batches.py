@@ -13,19 +13,29 @@ from pagebatch.jobs.logs import get_logger
 from pagebatch.jobs.services import Services
 
 log = get_logger(__name__)
-_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def window_seconds(window: str, max_s: int) -> int:
-    """OpenAI accepts "24h"; any "<n>s|m|h" up to the configured maximum works here."""
-    match = _WINDOW.match(window or "")
+    """The seconds of a completion window: a whole number of s, m, h or d (OpenAI's "24h" among them), from one
+    second up to ``max_s``. The batch expires exactly that long after it is created (docs/api.md says why)."""
+    match = _WINDOW.match(window if isinstance(window, str) else "")
     if not match:
-        raise JobError("completion_window must look like 24h", param="completion_window")
+        raise JobError(f"completion_window must be a whole number of seconds, minutes, hours or days such as 24h, "
+                       f"1h, 90m or 2d; got {str(window)[:40]!r}", param="completion_window")
     seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
     if seconds > max_s:
-        raise JobError(f"completion_window may be at most {max_s} seconds", param="completion_window")
+        raise JobError(f"completion_window may be at most {max_s} seconds ({_human(max_s)}) on this server; "
+                       f"got {window!r}", param="completion_window")
     return seconds
+
+
+def _human(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)  # OpenAI's bounds: one hour to 30 days

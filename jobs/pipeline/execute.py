@@ -12,6 +12,7 @@ from typing import Any
 
 from pagebatch.engine.loop import EngineDeadError
 from pagebatch.engine.sampling_params import SamplingParams
+from pagebatch.engine.stopping import GRAMMAR_ERROR
 
 from pagebatch.jobs.batch.embeddings import EMBEDDINGS, embedding_error, embeddings_body, embeddings_usage
 from pagebatch.jobs.batch.ids import LineIds
@@ -143,12 +144,14 @@ def _collect(result: ShardResult, ctx: RequestContext, job: ValidLine, futures: 
     reasons = {out.finish_reason for out in outs}
     embedding = endpoint == EMBEDDINGS
     # usage: the prompt once and every choice's completion tokens; or every embedded input's prompt
-    combined = embeddings_usage(outs) if embedding else combined_output(outs)
+    request = job.request
+    combined = embeddings_usage(outs) if embedding else combined_output(outs, request.n, request.legacy_functions)
     if reasons <= {"stop", "length"}:
         if embedding:
-            body = embeddings_body(model_name, outs, job.request.encoding_format)
+            body = embeddings_body(model_name, outs, request.encoding_format)
         else:
-            body = response_body(endpoint, model_name, outs, ids.response_id, job.request.echo)
+            body = response_body(endpoint, model_name, outs, ids.response_id, request.echo, n=request.n,
+                                 legacy_functions=request.legacy_functions)
         result.add_output(output_line(ids, job.custom_id, body), usage(combined, combined.finish_reason))
     elif "error" in reasons:
         error = embedding_error(outs) if embedding else _line_error(endpoint, outs)
@@ -168,7 +171,8 @@ def _error_param(endpoint: str, out: Any) -> str | None:
     """The parameter an engine rejection is about: the prompt for the context, else the one its message names."""
     if out.error_code == "context_length_exceeded":
         return "messages" if endpoint == CHAT else "prompt"
-    if out.error_code == "invalid_request" and out.error:
+    if out.error_code in ("invalid_request", GRAMMAR_ERROR) and out.error:
         first = out.error.split(" ", 1)[0].rstrip(":,")
-        return first if first.isidentifier() and first in SamplingParams.__dataclass_fields__ else None
+        named = out.error_code == GRAMMAR_ERROR or first in SamplingParams.__dataclass_fields__
+        return first if first.isidentifier() and named else None  # a grammar error names the constraint's parameter
     return None

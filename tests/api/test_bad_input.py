@@ -116,3 +116,26 @@ def test_bad_batch_requests_are_refused(stack):
     with pytest.raises(openai.BadRequestError):
         client.files.create(file=("x.jsonl", b"{}"), purpose="fine-tune")
     assert json.loads(client.files.content(file.id).text)["custom_id"] == "x"
+
+
+WINDOWS = {"24h": 86400, "48h": 172800, "1h": 3600, "90m": 5400, "3s": 3, "2d": 172800, "7d": 604800}
+
+
+def test_every_accepted_completion_window_is_the_deadline_asked_for(stack):
+    client = stack.client("c")
+    file = upload(client, jsonl([chat_line("w", stack.model, max_tokens=1)]))
+    for window, seconds in WINDOWS.items():
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window=window)
+        assert batch.completion_window == window and batch.expires_at - batch.created_at == seconds, window
+        assert client.batches.retrieve(batch.id).expires_at == batch.expires_at
+
+
+def test_other_completion_windows_are_refused_naming_the_parameter(stack):
+    client = stack.client("c")
+    file = upload(client, jsonl([chat_line("w", stack.model)]))
+    for window in ["8d", "0h", "24", "24 h", "1w", "-1h", "1.5h"]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window=window)
+        error = e.value.body
+        assert error["param"] == "completion_window" and error["type"] == "invalid_request_error"
+        assert "completion_window" in error["message"] and window in error["message"]

@@ -11,7 +11,7 @@ def test_n_choices_with_penalties_come_back_as_one_body(stack):
                      frequency_penalty=0.4, repetition_penalty=1.1, logit_bias={"3": -100}, min_tokens=2)
     lines = [chat_line("three", m, "the batch model", **penalized),
              chat_line("one", m, "the batch model", **{**penalized, "n": 1}),
-             chat_line("tools", m, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+             chat_line("tools", m, tools=[{"type": "web_search"}]),  # hosted tools: only function tools are served
              chat_line("too-long", m, "x", max_tokens=10_000)]
     batch = wait_status(client, submit(client, lines).id, logs=stack.logs)
     assert batch.status == "completed", batch

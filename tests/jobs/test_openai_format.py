@@ -35,9 +35,11 @@ def test_defaults():
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "temperature": 500}, "temperature"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "top_logprobs"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 3}, "frequency_penalty"),
-        (CHAT, {"messages": [{"role": "user", "content": "x"}], "tools": []}, "tools"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search"}]}, "tools"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice"),
         (COMPLETIONS, {"prompt": "x", "logprobs": 9}, "logprobs"),
-        (COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),
+        (COMPLETIONS, {"prompt": ["a", 7]}, "prompt"),
+        (COMPLETIONS, {"prompt": ["a", "b"], "n": 65}, "prompt"),
         (COMPLETIONS, {"prompt": ""}, "prompt"),
     ],
 )

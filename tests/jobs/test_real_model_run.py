@@ -48,3 +48,34 @@ def test_run_extracts_json_that_validates_with_a_real_model(tmp_path, smollm2_di
         choice = line["response"]["body"]["choices"][0]
         assert choice["finish_reason"] == "stop", choice
         jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
+
+
+@pytest.mark.slow
+def test_run_keeps_every_constraint_on_a_real_model(tmp_path, smollm2_dir, smollm2_path):
+    """61 lines from tests/constraint_corpus.py (JSON schema, regex, choice, grammar, tools): every answer that
+    ends "stop", "tool_calls" or "function_call" keeps its constraint; the rest ran out of max_tokens."""
+    from openai.types.chat import ChatCompletion
+
+    from tests.constraint_corpus import check, lines
+
+    corpus = lines(smollm2_path.stem)
+    (tmp_path / "in.jsonl").write_bytes(jsonl(corpus))
+    done = pagebatch("run", str(tmp_path / "in.jsonl"), "--model", str(smollm2_path), "--out", str(tmp_path / "out"),
+                     "--no-progress", timeout=900)
+    assert done.returncode == 0, done.stderr
+    output = {o["custom_id"]: o["response"]["body"] for o in read(tmp_path / "out" / "output.jsonl")}
+    assert len(output) == len(corpus), read(tmp_path / "out" / "errors.jsonl")
+    reasons = []
+    for line in corpus:
+        body = output[line["custom_id"]]
+        ChatCompletion.model_validate(body, strict=True)
+        reasons += check(line, body)
+    finished = sum(r != "length" for r in reasons)
+    assert finished >= 0.75 * len(reasons), reasons  # the bounds keep most answers short: the checks bite
+    assert reasons.count("tool_calls") >= 5 and "function_call" in reasons
+    usage = read(tmp_path / "out" / "usage.jsonl")
+    for record in usage:
+        body = output[record["custom_id"]]
+        assert (record["prompt_tokens"], record["completion_tokens"]) == (
+            body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        assert record["finish_reason"] == body["choices"][0]["finish_reason"] or len(body["choices"]) > 1

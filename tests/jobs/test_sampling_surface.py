@@ -1,6 +1,7 @@
 """The sampling surface of a batch line: penalties, logit_bias, min_tokens, n choices, unsupported parameters,
 and OpenAI's context rule, from the body through `to_engine_request` and `execute` on an EngineLoop."""
 import json
+import re
 
 import pytest
 from openai.types.chat import ChatCompletion
@@ -56,9 +57,10 @@ def test_penalties_bias_min_tokens_seed_and_n_map_to_the_engine():
     (dict(min_tokens=-1), "min_tokens", "invalid_parameter"),
     (dict(min_tokens=50, max_tokens=10), "min_tokens", "invalid_parameter"),
     (dict(stop=["s"] * 17), "stop", "invalid_parameter"),
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "unsupported_parameter"),
-    (dict(tool_choice="auto"), "tool_choice", "unsupported_parameter"),
-    (dict(functions=[]), "functions", "unsupported_parameter"),
+    (dict(tools=[{"type": "web_search"}]), "tools", "unsupported_parameter"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "allowed_tools"}),
+     "tool_choice", "unsupported_parameter"),
+    (dict(functions=[{"name": "no spaces allowed"}]), "functions", "invalid_parameter"),
     (dict(audio={"voice": "alloy"}), "audio", "unsupported_parameter"),
     (dict(modalities=["text", "audio"]), "modalities", "unsupported_parameter"),
     (dict(prediction={"type": "content"}), "prediction", "unsupported_parameter"),
@@ -66,7 +68,7 @@ def test_penalties_bias_min_tokens_seed_and_n_map_to_the_engine():
     (dict(reasoning_effort="low"), "reasoning_effort", "unsupported_parameter"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages",
      "unsupported_parameter"),
-    (dict(messages=[{"role": "tool", "content": "42", "tool_call_id": "c"}]), "messages", "unsupported_parameter"),
+    (dict(messages=[{"role": "tool", "content": "42"}]), "messages", "invalid_parameter"),
     (dict(frobnicate=1), "frobnicate", "invalid_parameter"),
 ])
 def test_bad_and_unsupported_values_name_the_parameter(body, param, code):
@@ -158,3 +160,37 @@ def test_engine_rejections_are_per_line_400s_naming_the_parameter(loop):
     assert set(output) == {"line-2", "line-4"}
     assert usage["line-1"]["prompt_tokens"] == usage["line-1"]["completion_tokens"] == 0
     assert len(usage) == 4
+
+
+def test_a_constraint_that_cannot_be_completed_is_an_error_line_never_stop(loop):
+    cyclic = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}
+    itself = {"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]}
+    output, errors, usage = run(loop, [
+        {"messages": MSG, "max_tokens": 16, "response_format": {"type": "json_schema",
+                                                                "json_schema": {"name": "c", "schema": cyclic}}},
+        {"messages": MSG, "max_tokens": 16, "guided_json": itself},
+        {"messages": MSG, "max_tokens": 16, "structured_outputs": {"regex": "(x{1000}){1000}"}},
+        {"messages": MSG, "max_tokens": 16, "structured_outputs": {"regex": "[0-9]{3}"}},
+    ])
+    params = {"line-1": "response_format", "line-2": "guided_json", "line-3": "structured_outputs"}
+    for line, param in params.items():
+        assert errors[line]["code"] == "grammar_error" and errors[line]["param"] == param, errors[line]
+        assert "cannot be completed" in errors[line]["message"]
+        assert usage[line]["finish_reason"] == "error"
+    assert output["line-4"]["choices"][0]["finish_reason"] == "stop"
+    assert re.fullmatch("[0-9]{3}", output["line-4"]["choices"][0]["message"]["content"])
+
+
+def test_a_list_of_completion_prompts_gives_each_its_choices_in_order(loop):
+    output, errors, usage = run(loop, [{"prompt": ["once upon", "the batch model token", [5, 6, 7]], "n": 2,
+                                        "max_tokens": 3, "temperature": 0, "ignore_eos": True},
+                                       {"prompt": "the batch model token", "max_tokens": 3, "temperature": 0,
+                                        "ignore_eos": True}], endpoint=COMPLETIONS)
+    assert not errors
+    body = output["line-1"]
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    texts = [c["text"] for c in body["choices"]]
+    assert texts[2] == texts[3] == output["line-2"]["choices"][0]["text"]  # prompt 1's choices, greedy
+    alone = output["line-2"]["usage"]["prompt_tokens"]
+    assert body["usage"]["completion_tokens"] == 18 == usage["line-1"]["completion_tokens"]
+    assert usage["line-1"]["prompt_tokens"] == body["usage"]["prompt_tokens"] > alone + 3  # each prompt once

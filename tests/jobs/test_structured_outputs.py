@@ -91,6 +91,8 @@ def test_property_order_is_kept():
     ({"structured_outputs": "json"}, "structured_outputs", "must be an object"),
     ({"response_format": "json"}, "response_format", "must be an object"),
     ({"response_format": {"type": "xml"}}, "response_format", "type must be"),
+    ({"response_format": {"type": "structural_tag", "structures": [{"begin": "<f>", "schema": {}, "end": "</f>"}],
+                          "triggers": ["<f"]}}, "response_format", "type 'structural_tag' is not supported"),
     ({"response_format": {"type": "json_object", "schema": {}}}, "response_format", "unexpected field 'schema'"),
     ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema must be an object"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format",
