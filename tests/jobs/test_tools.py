@@ -145,6 +145,8 @@ def test_responses_function_tools_and_items_round_trip():
 
 def test_tool_lines_survive_the_shard_round_trip():
     from pagebatch.jobs.batch.requests import COMPLETIONS
+    from pagebatch.jobs.batch.shard_input import decode_shard, encode_shard, new_header
+    from pagebatch.jobs.batch.shard_ref import ShardKind
     from pagebatch.jobs.batch.validate import ValidLine
 
     history = USER + [{"role": "assistant", "content": None, "tool_calls": [
@@ -154,6 +156,9 @@ def test_tool_lines_survive_the_shard_round_trip():
                 chat(functions=[WEATHER]),
                 to_engine_request(COMPLETIONS, {"prompt": ["a", [5, 6]], "n": 2}, 8)]
     for request in requests:
-        again = ValidLine.from_json(ValidLine(1, "c", "m", request).to_json()).request
+        header = new_header("batch_x", 0, ShardKind.GENERATE, 1)
+        stored = encode_shard(header, [ValidLine(1, "c", "m", request).to_shard_line()])
+        (line,) = decode_shard(stored, ShardKind.GENERATE)
+        again = ValidLine.from_shard_line(line).request
         assert again.calls() == request.calls() and again.legacy_functions == request.legacy_functions
         assert again.params.tools == request.params.tools
