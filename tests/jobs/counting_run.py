@@ -15,8 +15,8 @@ _record = os.open(os.environ["PAGEBATCH_TEST_FINISHED"], os.O_WRONLY | os.O_CREA
 _submit = EngineLoop.submit
 
 
-def _counted_submit(self, prompt, params=None, request_id=None):
-    future = _submit(self, prompt, params, request_id)
+def _counted_submit(self, prompt, params=None, request_id=None, **kwargs):
+    future = _submit(self, prompt, params, request_id, **kwargs)
 
     def finished(done) -> None:
         if not done.cancelled() and done.exception() is None:
