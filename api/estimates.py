@@ -1,7 +1,7 @@
 """POST /v1/estimates and GET /v1/estimates/{id}: a pagebatch extension, what a file will cost and take (docs/api.md).
 
 The whole file is validated and tokenized without enqueueing anything, by a live worker of the model (the API holds
-no tokenizer; jobs/pipeline/estimates.py). POST waits up to ``PAGEBATCH_ESTIMATE_WAIT_S`` for the answer and
+no tokenizer; jobs/pipeline/estimate_requests.py). POST waits up to ``PAGEBATCH_ESTIMATE_WAIT_S`` for the answer and
 returns it (200); an estimate still running then comes back as it stands (202), to be fetched again by id.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pagebatch.api.deps import services, tenant
 from pagebatch.api.errors import not_found
-from pagebatch.jobs.pipeline.estimates import get_estimate, submit_estimate
+from pagebatch.jobs.pipeline.estimate_requests import get_estimate, submit_estimate
 from pagebatch.jobs.services import Services
 
 router = APIRouter(prefix="/v1/estimates")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from pagebatch.engine.request import Request
+if TYPE_CHECKING:  # annotations only: the block-hash rule is also read where torch is not loaded (estimates)
+    from pagebatch.engine.request import Request
 
 
 def hash_block(parent: bytes, tokens: list[int]) -> bytes:

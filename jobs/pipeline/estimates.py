@@ -1,15 +1,14 @@
 """Estimates before enqueueing: validate and tokenize a whole file, price it, and time it on the live workers.
 
 The API cannot tokenize (it holds no model), so ``POST /v1/estimates`` records an estimate in Redis and queues
-its id for the model (``pb:estimates:<model>``); a worker of that model answers it on a thread of its own
-(``EstimateServer``), with its engine's own request planning, so it never waits behind shards. ``pagebatch
-estimate`` runs the same ``estimate_file`` in-process with the checkpoint's tokenizer.
+its id for the model (``pb:estimates:<model>``; jobs/pipeline/estimate_requests.py); a worker of that model
+answers it on a thread of its own (``EstimateServer``), with its engine's own request planning, so it never
+waits behind shards. ``pagebatch estimate`` runs the same ``estimate_file`` in-process with the checkpoint's
+tokenizer.
 """
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,18 +17,16 @@ import redis
 
 from pagebatch.jobs.batch.estimate import Estimate, PromptPlanner, Throughput, estimate_lines, eta, price
 from pagebatch.jobs.batch.validate import FileError, Limits, check_lines, check_size
-from pagebatch.jobs.errors import ErrorKind, JobError
 from pagebatch.jobs.logs import get_logger
+from pagebatch.jobs.pipeline.estimate_requests import ESTIMATE_TTL_S
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.settings import Settings
 from pagebatch.jobs.store import keys, layout
 from pagebatch.jobs.store.metrics import read_snapshots
-from pagebatch.jobs.store.registry import known_models, live_workers
+from pagebatch.jobs.store.registry import known_models
 from pagebatch.jobs.store.storage import NotFound
 
 log = get_logger(__name__)
-ESTIMATE_TTL_S = 3600
-_ESTIMATE_ID = re.compile(r"est_[0-9a-f]{24}")
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -61,37 +58,6 @@ def live_throughput(client: redis.Redis, model: str) -> list[Throughput]:
         fill = stats.get("completion_tokens_generated", 0) / allowed if allowed else None
         found.append(Throughput(snap.worker, float(prompt), float(generated), fill))
     return found
-
-
-# --- the API's side ----------------------------------------------------------------------------------------
-def submit_estimate(svc: Services, tenant: str, *, input_file_id: str, endpoint: str, model: str) -> dict[str, Any]:
-    file = svc.files.get(tenant, input_file_id)
-    if file is None:
-        raise JobError(f"No such File object: {input_file_id}", ErrorKind.NOT_FOUND, param="input_file_id")
-    if file.purpose != "batch":
-        raise JobError("the input file's purpose must be batch", param="input_file_id")
-    if model not in live_workers(svc.redis).values():
-        raise JobError(f"no live worker serves the model {model!r}; an estimate needs one (its tokenizer and its "
-                       "measured throughput): start one, or check the model name", ErrorKind.NOT_FOUND,
-                       param="model", code="model_not_found")
-    record = {"id": f"est_{secrets.token_hex(12)}", "object": "estimate", "status": "in_progress",
-              "input_file_id": input_file_id, "endpoint": endpoint, "model": model, "created_at": int(time.time()),
-              "tenant": tenant}
-    pipe = svc.redis.pipeline()
-    pipe.set(keys.estimate(record["id"]), json.dumps(record), ex=ESTIMATE_TTL_S)
-    pipe.rpush(keys.estimate_queue(model), record["id"])
-    pipe.execute()
-    return _public(record)
-
-
-def get_estimate(svc: Services, tenant: str, estimate_id: str) -> dict[str, Any] | None:
-    raw = svc.redis.get(keys.estimate(estimate_id)) if _ESTIMATE_ID.fullmatch(estimate_id) else None
-    record = json.loads(raw) if raw else None
-    return _public(record) if record and record["tenant"] == tenant else None
-
-
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "tenant"}
 
 
 # --- the worker's side ---------------------------------------------------------------------------------------
