@@ -59,7 +59,16 @@ class Standalone:
             proc = subprocess.Popen(command("standalone", "--model", str(model), "--port", str(port),
                                             "--stop-timeout", "10"), env=env, stdout=o, stderr=e)
         run = cls(proc, out, err)
-        wait_for(lambda: run.ready(), 120, "standalone to be ready", interval=0.2)
+        try:
+            wait_for(lambda: run.ready(), 120, "standalone to be ready", interval=0.2)
+        except BaseException:  # a start that never got ready must not leave its Redis, API or worker behind
+            for pid in [*descendants(proc.pid), proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            raise
         run.family = descendants(proc.pid)
         return run
 
