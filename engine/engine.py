@@ -60,7 +60,8 @@ class LLMEngine:
             self.runner.enable_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.eos_token_ids = _eos_token_ids(hf_config, self.tokenizer)
         self.scheduler = Scheduler(
-            BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching),
+            BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching,
+                         salt=lambda req: self.model.prefix_salt(req.num_prompt_tokens)),
             config.max_num_seqs, config.max_num_batched_tokens, self.eos_token_ids, self.max_model_len,
         )
         self.pooling = read_pooling(path, hf_config)

@@ -127,7 +127,7 @@ class ModelRunner:
             start = req.num_computed_tokens
             end = start + num_new
             input_ids.extend(req.token_ids[start:end])
-            positions.extend(range(start, end))
+            positions.extend(self.model.rope_rows(req.num_prompt_tokens, start, end))  # positions, unless LongRoPE
             table = req.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(num_new)

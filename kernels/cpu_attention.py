@@ -29,11 +29,11 @@ import torch
 
 from pagebatch.kernels import reference
 from pagebatch.kernels.metadata import AttentionMetadata
-from pagebatch.kernels.reference import rms_norm, rotary_embedding, silu_and_mul, write_kv
+from pagebatch.kernels.reference import fused_moe, gelu_tanh_and_mul, rms_norm, rotary_embedding, silu_and_mul, write_kv
 
 __all__ = [
-    "available", "build_seconds", "decode_attention", "paged_attention", "rms_norm", "rotary_embedding",
-    "silu_and_mul", "write_kv",
+    "available", "build_seconds", "decode_attention", "fused_moe", "gelu_tanh_and_mul", "paged_attention", "rms_norm",
+    "rotary_embedding", "silu_and_mul", "write_kv",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,14 @@ def _load():
         try:
             from torch.utils.cpp_extension import load
 
-            # torch keys its build cache on the sources and flags, not on included headers: put the
-            # header's hash in the flags so editing it rebuilds.
-            digest = hashlib.sha1(b"".join(p.read_bytes() for p in _HEADERS)).hexdigest()[:12]
+            # The build folder is named by the sources' and header's hash: two checkouts (or versions) of
+            # pagebatch on one machine share TORCH_EXTENSIONS_DIR, and under one name each would rebuild over
+            # the other's library, so a process could load a kernel whose op schema it does not expect.
+            digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)).hexdigest()[:12]
             load(
-                name=f"pagebatch_cpu_attention_{_cpu_tag()}",
+                name=f"pagebatch_cpu_attention_{_cpu_tag()}_{digest}",
                 sources=[str(p) for p in _SOURCES],
-                extra_cflags=[*_CFLAGS, f"-DPAGEBATCH_KERNEL_HEADER_HASH={digest}"],
+                extra_cflags=_CFLAGS,
                 extra_ldflags=_LDFLAGS,
                 is_python_module=False,
                 verbose=False,
@@ -113,8 +114,10 @@ def build_seconds() -> float | None:
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor, block_tables: torch.Tensor,
     seq_idx: torch.Tensor, row_idx: torch.Tensor, ctx_lens: torch.Tensor, scale: float, min_split_len: int = MIN_SPLIT_LEN,
+    window: int | None = None,
 ) -> None:
-    """out[row_idx[i]] = attention of q[row_idx[i]] over the first ctx_lens[i] cached tokens of block_tables[seq_idx[i]].
+    """out[row_idx[i]] = attention of q[row_idx[i]] over the first ctx_lens[i] cached tokens of block_tables[seq_idx[i]]
+    (with ``window``, over the last ``window`` of them).
 
     q/out [T, H, D], caches [num_blocks, block_size, Hkv, D] (same dtype as q), block_tables int32,
     seq_idx/row_idx int64, ctx_lens int32. Needs ``available()``.
@@ -122,17 +125,20 @@ def decode_attention(
     ext = _load()
     if ext is None:
         raise RuntimeError("the CPU paged-attention kernel is not available")
-    ext.decode_attention(q, k_cache, v_cache, out, block_tables, seq_idx, row_idx, ctx_lens, scale, min_split_len)
+    ext.decode_attention(q, k_cache, v_cache, out, block_tables, seq_idx, row_idx, ctx_lens, scale, min_split_len,
+                         window or 0)
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """Causal attention of packed queries [T, H, D] over each sequence's paged context (as the reference)."""
+    """Causal attention of packed queries [T, H, D] over each sequence's paged context (as the reference; with
+    ``window``, a sliding-window layer's)."""
     ext = _load() if q.device.type == "cpu" else None
     if ext is None:
-        return reference.paged_attention(q, k_cache, v_cache, meta, scale)
-    plan = _plan(meta, k_cache.shape[1])
+        return reference.paged_attention(q, k_cache, v_cache, meta, scale, window)
+    plan = _plan(meta, k_cache.shape[1], window)
     out = torch.empty_like(q)
     if plan.num_decodes:
         qd, kc, vc = q, k_cache, v_cache
@@ -145,7 +151,8 @@ def paged_attention(
             qd = qd.to(kc.dtype)
             target = torch.empty_like(qd)
         ext.decode_attention(
-            qd, kc, vc, target, plan.block_tables, plan.seq_idx, plan.row_idx, plan.ctx_lens, scale, MIN_SPLIT_LEN
+            qd, kc, vc, target, plan.block_tables, plan.seq_idx, plan.row_idx, plan.ctx_lens, scale, MIN_SPLIT_LEN,
+            window or 0,
         )
         if target is not out:
             out.copy_(target)
@@ -156,7 +163,7 @@ def paged_attention(
 class _Plan:
     """The decode rows as index lists for the kernel, and the prefills as the reference runs them; once per batch."""
 
-    def __init__(self, meta: AttentionMetadata, block_size: int) -> None:
+    def __init__(self, meta: AttentionMetadata, block_size: int, window: int | None) -> None:
         q_lens, ctx = meta.query_lens_cpu, meta.context_lens_cpu
         offsets, total = [], 0
         for n in q_lens:
@@ -170,12 +177,15 @@ class _Plan:
         self.seq_idx = torch.tensor(decodes, dtype=torch.int64)
         self.row_idx = torch.tensor([offsets[i] for i in decodes], dtype=torch.int64)
         self.ctx_lens = torch.tensor([ctx[i] for i in decodes], dtype=torch.int32)
-        self.prefills = reference.plan_prefills(meta, block_size)
+        self.prefills = reference.plan_prefills(meta, block_size, window)
 
 
-def _plan(meta: AttentionMetadata, block_size: int) -> _Plan:
-    plan = getattr(meta, "_cpu_attention_plan", None)
+def _plan(meta: AttentionMetadata, block_size: int, window: int | None) -> _Plan:
+    """The batch's plan for this window (None: full attention), built once per batch and window."""
+    plans = getattr(meta, "_cpu_attention_plans", None)
+    if plans is None:
+        plans = meta._cpu_attention_plans = {}
+    plan = plans.get(window)
     if plan is None:
-        plan = _Plan(meta, block_size)
-        meta._cpu_attention_plan = plan
+        plan = plans[window] = _Plan(meta, block_size, window)
     return plan
