@@ -76,7 +76,10 @@ def fused_moe(
     counts = torch.bincount(flat, minlength=num_experts)
     rows = x.index_select(0, order // top_k)
     act = globals()[ACTIVATIONS[activation]]
-    if x.device.type == "cpu" and hasattr(F, "grouped_mm"):
+    inter = w2.shape[2]
+    # torch's grouped GEMM (CPU: one call for all experts) wants rows whose byte strides are multiples of 16
+    aligned = all(n * x.element_size() % 16 == 0 for n in (hidden, inter))
+    if x.device.type == "cpu" and aligned and hasattr(F, "grouped_mm"):
         ends = counts.cumsum(0).to(torch.int32)
         h = act(F.grouped_mm(rows, w13.transpose(1, 2), offs=ends))
         out = F.grouped_mm(h, w2.transpose(1, 2), offs=ends)

@@ -33,7 +33,8 @@ def references(checkpoint_dir):
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("variant", ["llama", "llama3-rope", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("variant", ["llama", "llama3-rope", "mistral", "qwen2", "qwen3", "qwen3-moe", "mixtral",
+                                     "olmoe", "gemma3", "phi3", "phi3-longrope"])
 def test_greedy_matches_transformers(references, variant, config):
     path, prompts, refs = references(variant)
     llm = LLM(path, dtype="float32", device="cpu", **CONFIGS[config])
