@@ -257,11 +257,15 @@ def sizes_for(preset: str) -> dict[str, int]:
         "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, vocab_size=2048),
         # ~28M parameters, the engine benchmark's Llama shape
         "bench": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408, vocab_size=4096),
+        # the benchmark's mixture of experts: 8 experts of half the dense MLP, 2 per token, so the same ~28M
+        # parameters are active per token as in "bench" (~62M in all)
+        "bench-moe": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=704,
+                          vocab_size=4096, num_experts=8, experts_per_token=2),
     }
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
     return dict(presets[preset])
 
 
-__all__ = ["ARCHITECTURES", "BASE_MODELS", "make_checkpoint", "make_tokenizer", "sizes_for",
-           "write_sentence_transformers_pooling"]
+__all__ = ["ARCHITECTURES", "BASE_MODELS", "MOE_ARCHITECTURES", "ROPE_SCALINGS", "make_checkpoint", "make_tokenizer",
+           "sizes_for", "write_sentence_transformers_pooling"]
