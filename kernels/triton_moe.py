@@ -69,7 +69,8 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> t
     flat = topk_ids.reshape(-1).to(torch.int64)
     n = flat.numel()
     device = flat.device
-    counts = torch.bincount(flat, minlength=num_experts)
+    # a scatter-add, not bincount: bincount sizes its output from the data, a host sync a CUDA graph cannot hold
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).index_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = padded.cumsum(0)
     order = flat.argsort(stable=True)

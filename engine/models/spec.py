@@ -118,7 +118,7 @@ class ModelSpec:
             qk_norm={"Qwen3": "head", "Qwen3Moe": "head", "Gemma3": "head", "Olmoe": "full"}.get(family),
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             max_position_embeddings=config.max_position_embeddings,
-            rope=read_rope(config, head_dim, layer_types if family == "Gemma3" else None),
+            rope=read_rope(config, head_dim, layer_types),
             sliding_window=None,
             layer_windows=(None,) * config.num_hidden_layers,
             torch_dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
@@ -137,7 +137,7 @@ def _read_windows(spec: ModelSpec, config, family: str, layer_types: list[str] |
         return
     if family in _WINDOW_CAPS_CONTEXT:
         spec.sliding_window = window
-    elif family == "Gemma3":
+    elif layer_types is not None:  # as transformers reads them: Gemma 3's interleaving, Qwen3's max_window_layers
         spec.layer_windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
     elif family != "Olmoe":  # OLMoE's attention never slides, whatever its config says
         spec.layer_windows = (window,) * spec.num_layers
