@@ -7,108 +7,31 @@ K and one over V, with fp32 softmax and accumulation for every cache dtype (fp32
 reference instead gathers every decode group into a padded copy (index_select) that SDPA then
 reads again. Prefill rows (query_len > 1) use the same SDPA path as the reference.
 
-The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (JIT, g++ with
--O3 -march=native -fopenmp; ~6-10 s once, then cached under TORCH_EXTENSIONS_DIR, keyed by the
-source, the flags and this CPU's feature flags). If it cannot be built (no compiler, no ninja,
-build error) a warning is logged once, ``available()`` is False and ``paged_attention`` falls
-back to the reference. The engine uses it only when asked (``EngineConfig.kernels="cpu"``).
+The kernel is part of the CPU extension (``kernels/cpu_extension.py``), compiled on first use; if it
+cannot be built ``available()`` is False and ``paged_attention`` falls back to the reference. The
+engine uses it with ``EngineConfig.kernels="cpu"`` (or "auto" on CPU).
 
-The other hot-path ops are re-exported from the reference, so this module can serve as a whole
-backend (same function names as ``kernels.reference``).
+This module serves as the whole CPU backend (the function names of ``kernels.reference``): the
+mixture-of-experts MLP is ``kernels.cpu_moe``'s, the other ops are the reference's.
 """
 from __future__ import annotations
-
-import hashlib
-import logging
-import platform
-import threading
-import time
-from pathlib import Path
 
 import torch
 
 from pagebatch.kernels import reference
+from pagebatch.kernels.cpu_extension import available, build_seconds, load as _load
+from pagebatch.kernels.cpu_moe import fused_moe
 from pagebatch.kernels.metadata import AttentionMetadata
-from pagebatch.kernels.reference import fused_moe, gelu_tanh_and_mul, rms_norm, rotary_embedding, silu_and_mul, write_kv
+from pagebatch.kernels.reference import gelu_tanh_and_mul, rms_norm, rotary_embedding, silu_and_mul, write_kv
 
 __all__ = [
     "available", "build_seconds", "decode_attention", "fused_moe", "gelu_tanh_and_mul", "paged_attention", "rms_norm",
     "rotary_embedding", "silu_and_mul", "write_kv",
 ]
 
-log = logging.getLogger(__name__)
-
-_CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = [_CSRC / "cpu_attention.cpp"]
-_HEADERS = [_CSRC / "cpu_attention_kernel.h"]
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
-_LDFLAGS = ["-fopenmp"]
 # Contexts are split across threads only when (decode sequences x kv heads) is under 4x the
 # thread count; each split then keeps at least this many keys.
 MIN_SPLIT_LEN = 256
-
-_lock = threading.Lock()
-_ext = None  # torch.ops.pagebatch_cpu once loaded
-_failed = False
-_build_seconds: float | None = None
-
-
-def _cpu_tag() -> str:
-    """Short hash of this CPU's model and feature flags: a -march=native build is only valid on a matching CPU."""
-    text = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "model name", "Features", "CPU part")):
-                    text += line
-                if line.strip() == "":
-                    break
-    except OSError:
-        pass
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _load():
-    global _ext, _failed, _build_seconds
-    if _ext is not None or _failed:
-        return _ext
-    with _lock:
-        if _ext is not None or _failed:
-            return _ext
-        start = time.perf_counter()
-        try:
-            from torch.utils.cpp_extension import load
-
-            # The build folder is named by the sources' and header's hash: two checkouts (or versions) of
-            # pagebatch on one machine share TORCH_EXTENSIONS_DIR, and under one name each would rebuild over
-            # the other's library, so a process could load a kernel whose op schema it does not expect.
-            digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)).hexdigest()[:12]
-            load(
-                name=f"pagebatch_cpu_attention_{_cpu_tag()}_{digest}",
-                sources=[str(p) for p in _SOURCES],
-                extra_cflags=_CFLAGS,
-                extra_ldflags=_LDFLAGS,
-                is_python_module=False,
-                verbose=False,
-            )
-            _ext = torch.ops.pagebatch_cpu
-        except Exception as exc:  # noqa: BLE001 -- no compiler / ninja, build or load error: keep serving with the reference
-            _failed = True
-            log.warning("CPU paged-attention kernel unavailable (%s: %s); using kernels.reference", type(exc).__name__, exc)
-            return None
-        _build_seconds = time.perf_counter() - start
-        log.info("CPU paged-attention kernel ready in %.1f s", _build_seconds)
-        return _ext
-
-
-def available() -> bool:
-    """True when the C++ decode kernel is built (building it on the first call: slow once, then cached)."""
-    return _load() is not None
-
-
-def build_seconds() -> float | None:
-    """Seconds the first ``available()`` took in this process (compile, or load from the cache)."""
-    return _build_seconds
 
 
 def decode_attention(

@@ -222,10 +222,12 @@ def test_falls_back_to_reference_without_kernel(monkeypatch: pytest.MonkeyPatch,
 
     import torch.utils.cpp_extension
 
-    monkeypatch.setattr(cpu_attention, "_ext", None)
-    monkeypatch.setattr(cpu_attention, "_failed", False)
+    from pagebatch.kernels import cpu_extension
+
+    monkeypatch.setattr(cpu_extension, "_ext", None)
+    monkeypatch.setattr(cpu_extension, "_failed", False)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", broken_load)
-    with caplog.at_level(logging.WARNING, logger="pagebatch.kernels.cpu_attention"):
+    with caplog.at_level(logging.WARNING, logger="pagebatch.kernels.cpu_extension"):
         assert not cpu_attention.available()
     assert "unavailable" in caplog.text and "no compiler here" in caplog.text
     q, k_cache, v_cache, meta = make_batch(MIXED, 9, 3, 64, 16, torch.float32)

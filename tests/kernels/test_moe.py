@@ -1,4 +1,5 @@
-"""The fused mixture-of-experts kernel (kernels/triton_moe.py) and the CPU expert path (kernels.reference.fused_moe).
+"""The mixture-of-experts MLP of every backend: the Triton kernel (kernels/triton_moe.py, through the interpreter on
+CPU), the CPU backend's expert-parallel C++ op (kernels/cpu_moe.py) and the reference (kernels.reference.fused_moe).
 
 The oracle is the MLP computed token by token and expert by expert from the dense weights, the definition of a
 mixture: sum_k w[t, k] * down_e(act(gate_e(x_t)) * up_e(x_t)) with e = ids[t, k]. Cases cover several expert
@@ -13,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pagebatch.kernels import reference, triton_moe
+from pagebatch.kernels import cpu_extension, cpu_moe, reference, triton_moe
 
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3}
 CASES = [  # (experts, top_k, tokens)
@@ -64,6 +65,31 @@ def test_reference_groups_by_expert(experts: int, top_k: int, tokens: int, skew:
     assert_matches(reference.fused_moe(x, w13, w2, weights, ids), dense_moe(x, w13, w2, weights, ids), torch.float32)
 
 
+@pytest.mark.skipif(not cpu_extension.available(), reason="the CPU extension could not be built")
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("skew", [False, True], ids=["spread", "idle-experts"])
+@pytest.mark.parametrize("experts,top_k,tokens", CASES)
+def test_cpu_expert_parallel_op(experts: int, top_k: int, tokens: int, skew: bool, threads: int) -> None:
+    """Experts spread over 1 or 3 threads (more threads than experts with work, in some cases)."""
+    x, w13, w2, weights, ids = make_case(experts, top_k, tokens, torch.float32, "cpu", skew)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_moe.fused_moe(x, w13, w2, weights, ids)
+    finally:
+        torch.set_num_threads(before)
+    assert_matches(got, dense_moe(x, w13, w2, weights, ids), torch.float32)
+
+
+@pytest.mark.skipif(not cpu_extension.available(), reason="the CPU extension could not be built")
+def test_cpu_op_rejects_offsets_out_of_range() -> None:
+    x, w13, w2, weights, _ = make_case(4, 1, 3, torch.float32, "cpu")
+    op = cpu_extension.load().expert_mlp
+    for ends in ([1, 2, 3, 4], [2, 1, 3, 3], [0, 0, 0, 2]):  # past the rows, decreasing, not covering them all
+        with pytest.raises(RuntimeError, match="ends"):
+            op(x, w13, w2, torch.tensor(ends), weights[:, 0], 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("skew", [False, True], ids=["spread", "idle-experts"])
 @pytest.mark.parametrize("experts,top_k,tokens", CASES)
@@ -81,11 +107,13 @@ def test_activations_and_odd_sizes(activation: str, device: str) -> None:
     assert_matches(triton_moe.fused_moe(x, w13, w2, weights, ids, activation), want, torch.float32)
     assert_matches(reference.fused_moe(x.cpu(), w13.cpu(), w2.cpu(), weights.cpu(), ids.cpu(), activation), want,
                    torch.float32)
+    assert_matches(cpu_moe.fused_moe(x.cpu(), w13.cpu(), w2.cpu(), weights.cpu(), ids.cpu(), activation), want,
+                   torch.float32)
 
 
 def test_no_tokens(device: str) -> None:
     x, w13, w2, weights, ids = make_case(4, 2, 1, torch.float32, device)
-    for fn in (triton_moe.fused_moe, reference.fused_moe):
+    for fn in (triton_moe.fused_moe, reference.fused_moe, cpu_moe.fused_moe):
         out = fn(x[:0], w13, w2, weights[:0], ids[:0])
         assert out.shape == (0, x.shape[1])
 
