@@ -14,8 +14,8 @@ from pagebatch.engine.models import DecoderModel, ModelSpec
 from pagebatch.kernels.dispatch import KernelBackend
 from pagebatch.kernels.self_check import CheckOutcome, KernelShapes, check_backend
 
-# Backends whose kernels are compiled for this machine (Triton for the card; the C++ decode attention with
-# -march=native for this CPU) and so are checked before serving; torch is the reference itself.
+# Backends whose kernels are compiled for this machine (Triton for the card; the C++ attention and MoE ops, built
+# with -march=native for this CPU) and so are checked before serving; torch is the reference itself.
 CHECKED_BACKENDS = ("triton", "cpu")
 
 
