@@ -2,13 +2,15 @@
 
 A full block is content-addressed by a hash over (the previous block's hash, its tokens), so a block's
 hash names the whole prefix up to it. Blocks whose last user is gone keep their content and stay
-findable until the pool needs them back; the least recently freed go first.
+findable until the pool needs them back; the least recently freed go first. A request's chain starts from
+its ``salt`` (empty unless the model computes a request's keys differently by request, as LongRoPE does).
 """
 from __future__ import annotations
 
 import hashlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the block-hash rule is also read where torch is not loaded (estimates)
@@ -20,8 +22,10 @@ def hash_block(parent: bytes, tokens: list[int]) -> bytes:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 salt: Callable[[Request], bytes] | None = None) -> None:
         self.num_blocks = num_blocks
+        self.salt = salt
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
@@ -51,7 +55,8 @@ class BlockManager:
         bs = self.block_size
         while len(hashes) < num_full_blocks:
             i = len(hashes)
-            hashes.append(hash_block(hashes[-1] if hashes else b"", req.token_ids[i * bs : (i + 1) * bs]))
+            parent = hashes[-1] if hashes else (self.salt(req) if self.salt is not None else b"")
+            hashes.append(hash_block(parent, req.token_ids[i * bs : (i + 1) * bs]))
         return hashes
 
     def prefix_hashes(self, req: Request) -> list[bytes]:

@@ -28,6 +28,9 @@ class EngineConfig:
     seed: int = 0  # for unseeded sampled requests
     enable_cuda_graphs: bool = True  # decode steps on GPU only
     kernels: str = "auto"  # torch | triton | cpu | auto (Triton on CUDA when it imports, cpu on CPU); see kernels.dispatch
+    # Before serving, run each compiled (Triton) kernel once against its torch reference and replace any that fails
+    # (engine.serving_path); and check a captured CUDA graph's replay against the eager decode step.
+    kernel_self_check: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in (*DTYPES, "auto"):

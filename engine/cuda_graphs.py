@@ -5,13 +5,18 @@ removes it. Batches are padded up to the next captured size. Padding rows attend
 context in a scratch block that no request owns, so they never touch live KV.
 Only used on CUDA with a kernel backend that declares ``supports_cuda_graphs`` (Triton: its launches
 depend on no per-step host values; the attention kernel is captured with the largest context, so its
-grid covers any step). The runner owns it, with the KV cache and the scratch block.
+grid covers any step). The runner owns it, with the KV cache and the scratch block, and checks one replay
+against the eager step before serving (``verify``).
 """
 from __future__ import annotations
 
 import torch
 
 from pagebatch.kernels.metadata import AttentionMetadata
+
+
+# Largest difference between replayed and eager logits, relative to their largest magnitude (or 1, if smaller).
+VERIFY_TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -69,6 +74,36 @@ class DecodeGraphs:
                 self.outputs[size] = self._forward(size)
             self.graphs[size] = graph
         torch.cuda.synchronize()
+
+    def verify(self) -> str | None:
+        """Replay one decode step and run the same step eagerly; why their logits differ, or None.
+
+        The step's rows live in the scratch block, which no request owns: row i decodes position i over a
+        context of i + 1 keys. The batch is exactly a captured size, so no padding row shares their slots.
+        """
+        rows = max(s for s in self.sizes if s <= min(8, self.block_size))
+        vocab = self.model.embed.shape[0]
+        ids = [(7 * i + 3) % vocab for i in range(rows)]
+        positions = list(range(rows))
+        slots = [self.scratch_block * self.block_size + i for i in range(rows)]
+        context_lens = [i + 1 for i in range(rows)]
+        replayed = self.run(ids, positions, slots, [[self.scratch_block]] * rows, context_lens).float().clone()
+        dev = self.input_ids.device
+        meta = AttentionMetadata(
+            cu_seqlens_q=torch.arange(rows + 1, dtype=torch.int32, device=dev),
+            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.full((rows, 1), self.scratch_block, dtype=torch.int32, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            max_query_len=1, max_context_len=rows, query_lens_cpu=[1] * rows, context_lens_cpu=context_lens,
+        )
+        eager = self.model.forward(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
+                                   self.kv_caches, torch.arange(rows, device=dev)).float()
+        scale = max(1.0, eager.abs().max().item())
+        error = (replayed - eager).abs().max().item() / scale
+        tolerance = VERIFY_TOLERANCE.get(self.model.dtype, 5e-2)
+        if not error <= tolerance:  # NaN fails too
+            return f"replayed logits differ from the eager step's by {error:.3g} (tolerance {tolerance:g})"
+        return None
 
     def padded_size(self, batch_size: int) -> int | None:
         return next((s for s in self.sizes if s >= batch_size), None)

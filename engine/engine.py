@@ -30,6 +30,7 @@ from pagebatch.engine.runner import ModelRunner, plan_num_kv_blocks
 from pagebatch.engine.sampler import sample
 from pagebatch.engine.sampling_params import SamplingParams
 from pagebatch.engine.scheduler import FinishedRequest, Scheduler
+from pagebatch.engine.serving_path import ServingPath, checked_kernels, describe
 from pagebatch.engine.stats import EngineStats, StatsRecorder
 from pagebatch.kernels.dispatch import select_backend
 
@@ -53,15 +54,19 @@ class LLMEngine:
         self.max_model_len = _max_model_len(config, self.spec)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = load_model(path, self.spec, self.dtype, self.device, self.max_model_len)
-        self.model.use_kernels(select_backend(config.kernels, self.device.type))
+        backend, self.kernel_checks = select_backend(config.kernels, self.device.type), []
+        if config.kernel_self_check:
+            backend, self.kernel_checks = checked_kernels(self.model, backend, config.block_size)
+        self.model.use_kernels(backend)
         self.num_blocks = plan_num_kv_blocks(config, self.spec, self.dtype, self.device, self.max_model_len)
         self.runner = ModelRunner(self.model, self.num_blocks, config.block_size)
         generates = self.model.lm_head is not None  # a base model serves embeddings only
         if config.enable_cuda_graphs and generates:
-            self.runner.enable_decode_graphs(config.max_num_seqs, self.max_model_len)
+            self.runner.enable_decode_graphs(config.max_num_seqs, self.max_model_len, check=config.kernel_self_check)
         self.eos_token_ids = _eos_token_ids(hf_config, self.tokenizer)
         self.scheduler = Scheduler(
-            BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching),
+            BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching,
+                         salt=lambda req: self.model.prefix_salt(req.num_prompt_tokens)),
             config.max_num_seqs, config.max_num_batched_tokens, self.eos_token_ids, self.max_model_len,
         )
         self.pooling = read_pooling(path, hf_config)
@@ -73,9 +78,11 @@ class LLMEngine:
         self._finished: list[RequestOutput] = []  # rejected requests, returned by the next step
         self._ids = itertools.count()
         self._stats = StatsRecorder(config.block_size)
+        path_now = self.serving_path()
         log.info("engine ready", model=self.model_name, arch=self.spec.architecture, device=str(self.device),
                  dtype=str(self.dtype), kernels=self.model.kernels.name, kv_blocks=self.num_blocks,
-                 block_size=config.block_size, max_model_len=self.max_model_len)
+                 block_size=config.block_size, max_model_len=self.max_model_len, cuda_graphs=path_now.cuda_graphs,
+                 kernel_fallbacks=path_now.fallbacks)
 
     @property
     def requests(self) -> dict[str, Request]:
@@ -171,6 +178,10 @@ class LLMEngine:
         request gets) and the most tokens it may generate; raises RequestRejected for a request the engine would
         refuse. Thread-safe; nothing runs."""
         return self.builder.plan(prompt, params if params is not None else SamplingParams())
+
+    def serving_path(self) -> ServingPath:
+        """Which implementation serves each op, whether decode steps replay CUDA graphs, and the self-check's results."""
+        return describe(self.model, self.runner.graphs_state, self.runner.graphs_detail, self.kernel_checks)
 
 
 def _max_model_len(config: EngineConfig, spec: ModelSpec) -> int:

@@ -122,6 +122,10 @@ class EngineLoop:
         with self._engine_lock:
             return self.engine.stats()
 
+    def serving_path(self) -> dict:
+        """The engine's serving path (``LLMEngine.serving_path``) as plain data; fixed once the engine is built."""
+        return self.engine.serving_path().as_dict()
+
     def close(self, timeout: float | None = 30.0) -> None:
         with self._lock:
             self._closed = True

@@ -4,7 +4,9 @@ No weights can be downloaded on the machines this project is tested on, so tests
 benchmarks make their own: config.json + model.safetensors + a byte-level BPE tokenizer with a
 chat template, loadable by transformers and by this engine alike. ``embedding=True`` saves the base
 model instead (``<Family>Model``: no language-model head, as embedding checkpoints are), optionally
-with a sentence-transformers pooling description and Matryoshka dimensions.
+with a sentence-transformers pooling description and Matryoshka dimensions. Every architecture is built
+from its transformers config class and saved by transformers itself, so the files have the layout its
+released checkpoints have (mixture-of-experts: one tensor per expert).
 """
 from __future__ import annotations
 
@@ -19,8 +21,17 @@ ARCHITECTURES = {
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
 }
-BASE_MODELS = {"llama": "LlamaModel", "mistral": "MistralModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}
+BASE_MODELS = {"llama": "LlamaModel", "mistral": "MistralModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model",
+               "qwen3_moe": "Qwen3MoeModel", "mixtral": "MixtralModel", "olmoe": "OlmoeModel",
+               "gemma3": "Gemma3TextModel", "phi3": "Phi3Model"}
+MOE_ARCHITECTURES = ("qwen3_moe", "mixtral", "olmoe")
+ROPE_SCALINGS = ("llama3", "longrope")
 ST_POOLING_MODES = {"last": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -87,7 +98,8 @@ def make_checkpoint(
     max_position_embeddings: int = 4096,
     rope_theta: float = 10000.0,
     rope_scaling: str | None = None,
-    tie_word_embeddings: bool = False,
+    partial_rotary_factor: float | None = None,
+    tie_word_embeddings: bool | None = None,
     init_std: float = 0.08,
     dtype: str = "float32",
     seed: int = 0,
@@ -95,12 +107,21 @@ def make_checkpoint(
     pooling: str | None = None,
     normalize: bool = True,
     matryoshka_dimensions: list[int] | None = None,
+    num_experts: int = 8,
+    experts_per_token: int = 2,
+    sliding_window: int | None = None,
+    config_overrides: dict | None = None,
 ) -> Path:
     """Create a random-weight checkpoint of ``arch`` at ``path`` and return the path.
 
     ``embedding``: the base model, embeddings only. ``pooling`` (last, mean or cls) writes a sentence-transformers
     description (``modules.json``, ``1_Pooling/config.json``, a Normalize module when ``normalize``);
-    ``matryoshka_dimensions`` goes into config.json.
+    ``matryoshka_dimensions`` goes into config.json. Mixtures of experts (MOE_ARCHITECTURES) have ``num_experts``
+    experts of ``intermediate_size`` each, ``experts_per_token`` of them per token. ``sliding_window``: Gemma 3's
+    sliding layers' window (alternate layers slide, the last is global), else every layer's (Mistral, Qwen2, Phi-3,
+    Mixtral, Qwen3-MoE). ``rope_scaling``: llama3, or longrope (the Phi-3 128k recipe, with
+    original_max_position_embeddings a 32nd of the maximum; ``partial_rotary_factor`` for Phi-4-mini's partial
+    rotary). ``config_overrides``: any other config field (clip_qkv, mlp_only_layers, final_logit_softcapping, ...).
     """
     import transformers
 
@@ -110,6 +131,7 @@ def make_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer(path, tokenizer_vocab_size, seed)
     config_cls = getattr(transformers, ARCHITECTURES[arch][0])
+    head_dim = head_dim or (hidden_size // num_heads if arch in ("qwen3", "qwen3_moe", "gemma3") else None)
     rope = {"rope_type": "default", "rope_theta": rope_theta}
     if rope_scaling == "llama3":
         rope = {
@@ -120,8 +142,12 @@ def make_checkpoint(
             "high_freq_factor": 4.0,
             "original_max_position_embeddings": max(64, max_position_embeddings // 8),
         }
+    elif rope_scaling == "longrope":
+        rope = _longrope(rope_theta, max_position_embeddings, head_dim or hidden_size // num_heads, partial_rotary_factor)
     elif rope_scaling is not None:
-        raise ValueError(f"unsupported rope_scaling {rope_scaling!r}; use 'llama3' or leave it out")
+        raise ValueError(f"unsupported rope_scaling {rope_scaling!r}; use one of {', '.join(ROPE_SCALINGS)} or leave it out")
+    if partial_rotary_factor is not None and rope_scaling != "longrope":
+        rope["partial_rotary_factor"] = partial_rotary_factor
     kwargs = dict(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
@@ -131,19 +157,22 @@ def make_checkpoint(
         vocab_size=vocab_size or max(len(tokenizer), tokenizer_vocab_size),
         max_position_embeddings=max_position_embeddings,
         rope_parameters=rope,
-        tie_word_embeddings=tie_word_embeddings,
         initializer_range=init_std,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         dtype=dtype,
     )
-    if head_dim is not None or arch == "qwen3":
-        kwargs["head_dim"] = head_dim or hidden_size // num_heads
-    if arch == "mistral":
-        kwargs["sliding_window"] = None
+    if tie_word_embeddings is not None or arch != "gemma3":  # Gemma 3 ties them by default
+        kwargs["tie_word_embeddings"] = bool(tie_word_embeddings)
+    if head_dim is not None:
+        kwargs["head_dim"] = head_dim
+    kwargs.update(_family_config(arch, kwargs, rope, num_layers, num_experts, experts_per_token, sliding_window))
+    if "original_max_position_embeddings" in rope and arch == "phi3":  # where Phi-3 configs keep it
+        kwargs["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
     if matryoshka_dimensions:
         kwargs["matryoshka_dimensions"] = list(matryoshka_dimensions)
+    kwargs.update(config_overrides or {})
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
     model = getattr(transformers, BASE_MODELS[arch] if embedding else ARCHITECTURES[arch][1])(config)
@@ -152,6 +181,46 @@ def make_checkpoint(
     if pooling is not None:
         write_sentence_transformers_pooling(path, pooling, hidden_size, normalize)
     return path
+
+
+def _family_config(arch: str, kwargs: dict, rope: dict, num_layers: int, num_experts: int, experts_per_token: int,
+                   sliding_window: int | None) -> dict:
+    """The config fields of one family beyond the shared ones."""
+    inter = kwargs["intermediate_size"]
+    if arch == "qwen3_moe":
+        return dict(num_experts=num_experts, num_experts_per_tok=experts_per_token, moe_intermediate_size=inter,
+                    norm_topk_prob=True, use_sliding_window=sliding_window is not None, sliding_window=sliding_window)
+    if arch == "mixtral":
+        return dict(num_local_experts=num_experts, num_experts_per_tok=experts_per_token, sliding_window=sliding_window)
+    if arch == "olmoe":
+        return dict(num_experts=num_experts, num_experts_per_tok=experts_per_token)
+    if arch == "gemma3":
+        # alternate layers slide, the last one is global; global layers rotate as the released 4B+ models do
+        types = ["sliding_attention" if i % 2 == 0 and i < num_layers - 1 else "full_attention" for i in range(num_layers)]
+        full = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}
+        return dict(layer_types=types, sliding_window=sliding_window or 4096,
+                    rope_parameters={"sliding_attention": dict(rope), "full_attention": full})
+    if arch == "mistral" or (arch == "phi3" and sliding_window is not None):
+        return dict(sliding_window=sliding_window)
+    if arch == "qwen2" and sliding_window is not None:
+        return dict(sliding_window=sliding_window, use_sliding_window=True, max_window_layers=0)
+    return {}
+
+
+def _longrope(theta: float, max_positions: int, head_dim: int, partial_rotary_factor: float | None) -> dict:
+    """LongRoPE as Phi-3 128k configs set it: short and long rescale factors per rotary frequency."""
+    rotary = int(head_dim * (partial_rotary_factor or 1.0))
+    half = rotary // 2
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": theta,
+        "short_factor": [1.0 + 0.05 * i for i in range(half)],
+        "long_factor": [1.0 + 0.5 * i for i in range(half)],
+        "original_max_position_embeddings": max(16, max_positions // 32),
+    }
+    if partial_rotary_factor is not None:
+        rope["partial_rotary_factor"] = partial_rotary_factor
+    return rope
 
 
 def write_sentence_transformers_pooling(path: Path, pooling: str, hidden_size: int, normalize: bool = True) -> None:
@@ -175,8 +244,8 @@ def _perturb_default_params(model: torch.nn.Module, std: float, seed: int) -> No
     """Randomize norm weights and biases (initialized to 1 and 0) so the tests exercise them."""
     gen = torch.Generator().manual_seed(seed + 1)
     for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
+        if name.endswith("norm.weight"):  # about their initial value: 1, or 0 where the norm adds 1 (Gemma)
+            param.copy_(param + 0.2 * torch.randn(param.shape, generator=gen))
         elif name.endswith(".bias"):
             param.copy_(std * torch.randn(param.shape, generator=gen))
 
@@ -188,11 +257,15 @@ def sizes_for(preset: str) -> dict[str, int]:
         "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, vocab_size=2048),
         # ~28M parameters, the engine benchmark's Llama shape
         "bench": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408, vocab_size=4096),
+        # the benchmark's mixture of experts: 8 experts of half the dense MLP, 2 per token, so the same ~28M
+        # parameters are active per token as in "bench" (~62M in all)
+        "bench-moe": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=704,
+                          vocab_size=4096, num_experts=8, experts_per_token=2),
     }
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
     return dict(presets[preset])
 
 
-__all__ = ["ARCHITECTURES", "BASE_MODELS", "make_checkpoint", "make_tokenizer", "sizes_for",
-           "write_sentence_transformers_pooling"]
+__all__ = ["ARCHITECTURES", "BASE_MODELS", "MOE_ARCHITECTURES", "ROPE_SCALINGS", "make_checkpoint", "make_tokenizer",
+           "sizes_for", "write_sentence_transformers_pooling"]

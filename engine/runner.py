@@ -95,21 +95,47 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = [(pool[i, 0], pool[i, 1]) for i in range(spec.num_layers)]
         self.scratch_block = num_blocks
         self.decode_graphs: DecodeGraphs | None = None
+        # captured | padded-eager (graph-shaped inputs run eagerly) | eager-fallback | off; and why
+        self.graphs_state, self.graphs_detail = "off", "not enabled"
 
-    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture decode steps where the device and the kernel backend allow it; a failure costs speed, not service."""
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, check: bool = True) -> None:
+        """Capture decode steps where the device and the kernel backend allow it and (``check``) verify one replay
+        against the eager step; a failure of either costs speed, not service."""
         if self.device.type != "cuda" or not self.model.kernels.supports_cuda_graphs:
+            why = "not a CUDA device" if self.device.type != "cuda" else f"the {self.model.kernels.name} kernels cannot be captured"
+            self.graphs_state, self.graphs_detail = "off", why
             return
         try:
             self.use_decode_graphs(max_num_seqs, max_model_len)
         except RuntimeError as exc:  # a driver or capture problem
             self.decode_graphs = None
+            self.graphs_state, self.graphs_detail = "eager-fallback", f"capture failed: {str(exc)[:300]}"
             log.warning("CUDA graph capture failed; decode steps run eagerly", error=str(exc))
+            return
+        if check:
+            self.check_decode_graphs()
 
     def use_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool = True) -> None:
         """Run decode-only steps through padded, graph-shaped inputs (``capture=False``: eagerly, to test the padding)."""
         self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_num_seqs, max_model_len,
                                           self.scratch_block, capture)
+        self.graphs_state = "captured" if capture else "padded-eager"
+        self.graphs_detail = "not checked"
+
+    def check_decode_graphs(self) -> bool:
+        """Replay one decode step against the eager forward; on a difference (or an error) decode steps run eagerly
+        from now on, with one warning. True when the graphs stay."""
+        try:
+            problem = self.decode_graphs.verify()
+        except RuntimeError as exc:
+            problem = f"replay failed: {str(exc)[:300]}"
+        if problem is None:
+            self.graphs_detail = "replay matches the eager step"
+            return True
+        log.warning("CUDA graph replay disagrees with the eager decode step; decode steps run eagerly", reason=problem)
+        self.decode_graphs = None
+        self.graphs_state, self.graphs_detail = "eager-fallback", problem
+        return False
 
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         """Run one step; returns the logits of the batch's sampled requests (``batch.sample``), in order, and the
@@ -127,7 +153,7 @@ class ModelRunner:
             start = req.num_computed_tokens
             end = start + num_new
             input_ids.extend(req.token_ids[start:end])
-            positions.extend(range(start, end))
+            positions.extend(self.model.rope_rows(req.num_prompt_tokens, start, end))  # positions, unless LongRoPE
             table = req.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(num_new)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 from pagebatch.kernels import reference
 
@@ -22,9 +22,17 @@ class KernelBackend:
     """A set of ops (a module with the function names of ``kernels.reference``) and what it can do."""
 
     name: str  # torch | triton | cpu
-    ops: ModuleType
+    ops: ModuleType | SimpleNamespace
     # Its launches read no per-step host values, so a decode step can be captured in a CUDA graph and replayed.
     supports_cuda_graphs: bool
+    # ops whose kernel failed its self-check (kernels.self_check) and that run the torch reference instead
+    fallbacks: tuple[str, ...] = ()
+
+    def implementation(self, op: str) -> str:
+        """What runs ``op``: the backend's own kernel (triton / cpu), torch (the reference), or torch-fallback."""
+        if op in self.fallbacks:
+            return "torch-fallback"
+        return self.name if getattr(self.ops, op) is not getattr(reference, op, None) else "torch"
 
 
 TORCH = KernelBackend("torch", reference, supports_cuda_graphs=False)

@@ -47,6 +47,56 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x is [T, 2 * I] with the gate first; returns gelu(gate) * up (tanh approximation, Gemma's), [T, I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
+
+
+ACTIVATIONS = {"silu": "silu_and_mul", "gelu_tanh": "gelu_tanh_and_mul"}  # activation -> the op of its gated MLP
+
+
+def fused_moe(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+    activation: str = "silu",
+) -> torch.Tensor:
+    """Mixture-of-experts MLP: sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]).
+
+    x [T, H]; w13 [E, 2 * I, H] (each expert's gate rows, then its up rows); w2 [E, H, I]; topk_weights [T, K]
+    (x's dtype) and topk_ids [T, K] (int). Tokens are grouped by expert (one stable sort), each expert
+    multiplies its rows at once, and the results are scattered back: no per-token loop.
+    """
+    num_tokens, hidden = x.shape
+    top_k = topk_ids.shape[1]
+    if num_tokens == 0:
+        return x.new_zeros(num_tokens, hidden)
+    num_experts = w13.shape[0]
+    flat = topk_ids.reshape(-1)
+    order = flat.argsort(stable=True)  # assignment rows grouped by expert
+    counts = torch.bincount(flat, minlength=num_experts)
+    rows = x.index_select(0, order // top_k)
+    act = globals()[ACTIVATIONS[activation]]
+    inter = w2.shape[2]
+    # torch's grouped GEMM (CPU: one call for all experts) wants rows whose byte strides are multiples of 16
+    aligned = all(n * x.element_size() % 16 == 0 for n in (hidden, inter))
+    if x.device.type == "cpu" and aligned and hasattr(F, "grouped_mm"):
+        ends = counts.cumsum(0).to(torch.int32)
+        h = act(F.grouped_mm(rows, w13.transpose(1, 2), offs=ends))
+        out = F.grouped_mm(h, w2.transpose(1, 2), offs=ends)
+    else:
+        out = torch.empty_like(rows)
+        start = 0
+        for expert, n in enumerate(counts.tolist()):
+            if n:
+                part = rows[start : start + n]
+                out[start : start + n] = F.linear(act(F.linear(part, w13[expert])), w2[expert])
+                start += n
+    out = out * topk_weights.reshape(-1).index_select(0, order).unsqueeze(1).to(out.dtype)
+    per_assignment = torch.empty_like(out)
+    per_assignment[order] = out
+    return per_assignment.view(num_tokens, top_k, hidden).sum(dim=1)
+
+
 def write_kv(
     key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -56,11 +106,15 @@ def write_kv(
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """Causal attention of packed queries [T, H, D] over each sequence's paged context."""
+    """Causal attention of packed queries [T, H, D] over each sequence's paged context.
+
+    ``window``: a sliding-window layer's; a query at position p then sees keys p - window < key <= p.
+    """
     out = torch.empty_like(q)
-    plan = _plan(meta, k_cache.shape[1], q.device)
+    plan = _plan(meta, k_cache.shape[1], q.device, window)
     for rows, tables, mask in plan.decode_groups:
         shape = (tables.shape[0], -1, *k_cache.shape[2:])
         k = k_cache.index_select(0, tables.flatten()).view(shape).transpose(1, 2)  # [B, Hkv, L, D]
@@ -71,9 +125,18 @@ def paged_attention(
     return out
 
 
+def visible_keys(key_pos: torch.Tensor, query_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Mask [queries, keys]: causal, and within the window when there is one."""
+    visible = key_pos[None, :] <= query_pos[:, None]
+    if window:
+        visible &= key_pos[None, :] > query_pos[:, None] - window
+    return visible
+
+
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prefills: list, out: torch.Tensor,
                       scale: float) -> None:
-    """Each prefill chunk (start, q_len, ctx_len, block table, mask) by SDPA over its gathered context."""
+    """Each prefill chunk (start, q_len, ctx_len, block table, mask) by SDPA over its gathered context (the
+    table may start past block 0 and ctx_len then counts from its first block)."""
     for start, q_len, ctx_len, table, mask in prefills:
         # 4-D inputs: torch's CPU flash kernel takes them; 3-D ones fall back to the slow math path.
         k = k_cache.index_select(0, table).flatten(0, 1)[:ctx_len].transpose(0, 1)[None]  # [1, Hkv, L, D]
@@ -89,7 +152,7 @@ class _Plan:
     Built once per batch and reused by every layer.
     """
 
-    def __init__(self, meta: AttentionMetadata, block_size: int, device: torch.device) -> None:
+    def __init__(self, meta: AttentionMetadata, block_size: int, device: torch.device, window: int | None) -> None:
         offsets = _prefix_sums(meta.query_lens_cpu)
         ctx = meta.context_lens_cpu
         decodes = sorted((i for i, n in enumerate(meta.query_lens_cpu) if n == 1), key=lambda i: ctx[i])
@@ -99,26 +162,34 @@ class _Plan:
             num_blocks = -(-length // block_size)
             index = torch.tensor(group, device=device)
             lens = torch.tensor([ctx[i] for i in group], device=device)
-            mask = torch.arange(num_blocks * block_size, device=device)[None, :] < lens[:, None]
+            keys = torch.arange(num_blocks * block_size, device=device)[None, :]
+            mask = keys < lens[:, None]
+            if window:
+                mask &= keys >= lens[:, None] - window
             rows = torch.tensor([offsets[i] for i in group], device=device)
             self.decode_groups.append((rows, meta.block_tables[index, :num_blocks], mask[:, None, None, :]))
-        self.prefills = plan_prefills(meta, block_size)
+        self.prefills = plan_prefills(meta, block_size, window)
 
 
-def plan_prefills(meta: AttentionMetadata, block_size: int) -> list[tuple]:
-    """(first row, query length, context length, block table, causal mask or None) of each prefill chunk."""
+def plan_prefills(meta: AttentionMetadata, block_size: int, window: int | None = None) -> list[tuple]:
+    """(first row, query length, context length, block table, mask or None) of each prefill chunk.
+
+    With a window, the table starts at the block of the first key any of the chunk's queries sees, and the
+    context length counts from there."""
     offsets, ctx, device = _prefix_sums(meta.query_lens_cpu), meta.context_lens_cpu, meta.block_tables.device
     prefills = []
     for i, q_len in enumerate(meta.query_lens_cpu):
         if q_len == 1:
             continue
         ctx_len = ctx[i]
-        table = meta.block_tables[i, : -(-ctx_len // block_size)]
+        first_block = max(0, ctx_len - q_len - window + 1) // block_size if window else 0
+        first_key = first_block * block_size
+        table = meta.block_tables[i, first_block : -(-ctx_len // block_size)]
         mask = None
-        if ctx_len != q_len:
+        if ctx_len != q_len or (window and window < q_len):
             pos_q = torch.arange(ctx_len - q_len, ctx_len, device=device)
-            mask = torch.arange(ctx_len, device=device)[None, :] <= pos_q[:, None]
-        prefills.append((offsets[i], q_len, ctx_len, table, mask))
+            mask = visible_keys(torch.arange(first_key, ctx_len, device=device), pos_q, window)
+        prefills.append((offsets[i], q_len, ctx_len - first_key, table, mask))
     return prefills
 
 
@@ -133,11 +204,14 @@ def _similar_length_groups(order: list[int], lengths: list[int], waste: float = 
     return [g[::-1] for g in groups]
 
 
-def _plan(meta: AttentionMetadata, block_size: int, device: torch.device) -> _Plan:
-    plan = getattr(meta, "_reference_plan", None)
+def _plan(meta: AttentionMetadata, block_size: int, device: torch.device, window: int | None) -> _Plan:
+    """The batch's plan for this window (None: full attention), built once per batch and window."""
+    plans = getattr(meta, "_reference_plans", None)
+    if plans is None:
+        plans = meta._reference_plans = {}
+    plan = plans.get(window)
     if plan is None:
-        plan = _Plan(meta, block_size, device)
-        meta._reference_plan = plan
+        plan = plans[window] = _Plan(meta, block_size, device, window)
     return plan
 
 

@@ -4,7 +4,9 @@ Each program owns one (sequence, query tile, KV head[, KV split]). Its query row
 BLOCK_Q tokens x GROUP_PAD query heads of that KV head, so K/V tiles are loaded once per
 GQA group and the row block stays >= 16 for tl.dot even for single-token decodes.
 With NUM_SPLITS > 1 the context is cut into partitions whose unnormalized partial results
-are merged by ``_reduce_splits_kernel`` (triton_attention_reduce.py).
+are merged by ``_reduce_splits_kernel`` (triton_attention_reduce.py). A sliding-window layer
+(SLIDING) starts each tile at the first key its first query row sees and masks every tile with
+both bounds; its partitions cut the window, not the whole context.
 """
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attend_tiles(
-    acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, kv_lo, kv_hi, qk_scale,
+    acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, kv_lo, kv_hi, qk_scale, window,
     stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -43,6 +45,8 @@ def _attend_tiles(
         s = tl.dot(q, k_t.to(q.dtype), input_precision=DOT_PRECISION) * qk_scale
         if CAUSAL:
             visible = (keys[None, :] <= q_pos[:, None]) & key_ok[None, :]
+            if SLIDING:
+                visible = visible & (keys[None, :] > q_pos[:, None] - window)
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -61,13 +65,13 @@ def _attend_tiles(
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr,
     cu_seqlens_q_ptr, context_lens_ptr, block_tables_ptr,
-    qk_scale, partition_size, num_heads,
+    qk_scale, partition_size, num_heads, window,
     stride_qt, stride_qh, stride_qd, stride_ot, stride_oh, stride_od,
     stride_kb, stride_ks, stride_kh, stride_kd, stride_vb, stride_vs, stride_vh, stride_vd,
     stride_bt,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, SLIDING: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
     seq = tl.program_id(1)
@@ -98,11 +102,14 @@ def _paged_attention_kernel(
     # keys in [full_end, kv_end) need the per-row causal mask.
     kv_end = ctx - q_len + tl.minimum(t0 + BLOCK_Q, q_len)
     full_end = ((ctx - q_len + t0 + 1) // BLOCK_N) * BLOCK_N
+    first = 0
+    if SLIDING:  # no row of the tile sees a key before its first row's window
+        first = tl.maximum(ctx - q_len + t0 - window + 1, 0)
     if NUM_SPLITS == 1:
-        lo = 0
+        lo = first
         hi = kv_end
     else:
-        lo = split * partition_size
+        lo = first + split * partition_size
         hi = tl.minimum(lo + partition_size, kv_end)
         if split == NUM_SPLITS - 1:
             hi = kv_end  # never drop keys if max_context_len undercounted
@@ -114,16 +121,23 @@ def _paged_attention_kernel(
     # The running max starts finite so a row with no visible key in a tile never computes -inf - -inf.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, lo, tl.minimum(hi, full_end), qk_scale,
-        stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, HEAD_DIM, False, DOT_PRECISION,
-    )
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, tl.maximum(lo, full_end), hi, qk_scale,
-        stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, HEAD_DIM, True, DOT_PRECISION,
-    )
+    if SLIDING:
+        acc, m_i, l_i = _attend_tiles(
+            acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, lo, hi, qk_scale, window,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            BLOCK_SIZE, BLOCK_N, BLOCK_D, HEAD_DIM, True, True, DOT_PRECISION,
+        )
+    else:
+        acc, m_i, l_i = _attend_tiles(
+            acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, lo, tl.minimum(hi, full_end), qk_scale, window,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            BLOCK_SIZE, BLOCK_N, BLOCK_D, HEAD_DIM, False, False, DOT_PRECISION,
+        )
+        acc, m_i, l_i = _attend_tiles(
+            acc, m_i, l_i, q, k_base, v_base, table_row, q_pos, tl.maximum(lo, full_end), hi, qk_scale, window,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            BLOCK_SIZE, BLOCK_N, BLOCK_D, HEAD_DIM, True, False, DOT_PRECISION,
+        )
 
     if NUM_SPLITS == 1:
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -150,10 +164,12 @@ def paged_attention_fwd(
     scale: float,
     num_splits: int | None = None,
     block_n: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Causal paged attention of packed queries [T, H, D]; ``num_splits=None`` picks split-KV by heuristic.
 
-    ``block_n`` (keys per tile) is exposed for tests; it must be a power of two >= 16.
+    ``block_n`` (keys per tile) is exposed for tests; it must be a power of two >= 16. ``window``: a
+    sliding-window layer's (a query at position p sees keys p - window < key <= p).
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -176,9 +192,11 @@ def paged_attention_fwd(
     if block_n is None:
         # fp32 tiles (and head dims > 128) take twice the shared memory: halve the KV tile.
         block_n = 64 if block_d <= 128 and q.element_size() <= 2 else 32
+    # The keys one tile can see: the whole context, or a window (plus the tile's extra query rows)
+    span = meta.max_context_len if not window else min(meta.max_context_len, window + block_q - 1)
     if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, num_kv_heads, meta.max_query_len, meta.max_context_len, q.device)
-    partition, num_splits = plan_partitions(meta.max_context_len, num_splits, block_n)
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, meta.max_query_len, span, q.device)
+    partition, num_splits = plan_partitions(span, num_splits, block_n)
 
     if num_splits > 1:
         part_acc = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
@@ -191,10 +209,10 @@ def paged_attention_fwd(
     _paged_attention_kernel[grid](
         q, k_cache, v_cache, out, part_acc, part_m, part_l,
         meta.cu_seqlens_q, meta.context_lens, meta.block_tables,
-        scale * _LOG2E, partition, num_heads,
+        scale * _LOG2E, partition, num_heads, window or 0,
         *q.stride(), *out.stride(), *k_cache.stride(), *v_cache.stride(), meta.block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=block_d, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits,
+        BLOCK_D=block_d, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, SLIDING=bool(window),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4 if block_m * block_d <= 64 * 128 else 8,
     )

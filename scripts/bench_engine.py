@@ -8,6 +8,8 @@
     python scripts/bench_engine.py --dtype-sweep --skip compare --rounds 3  # bf16 vs fp32 decode steps, batch 1-128
     python scripts/bench_engine.py --structured --skip compare --workload summarize   # cost of a JSON schema
     python scripts/bench_engine.py --decode-bandwidth       # batch-1 decode of a ~0.5B model vs copy bandwidth
+    python scripts/bench_engine.py --arch mixtral --skip continuous --rounds 3   # a random MoE (8 experts, top-2)
+    python scripts/bench_engine.py --moe-vs-dense --skip compare --rounds 5     # MoE vs dense decode steps, batch 48
     python scripts/bench_engine.py --workload summarize --num-prompts 48 --skip continuous --llama-cpp DIR
                                                             # beside llama.cpp's llama-server, same GGUF weights
 
@@ -26,6 +28,9 @@ host work (the runner's batch packing; scheduling, the scheduler's update and ou
 its methods are wrapped with perf_counter while the breakdown runs.
 --dtype-sweep: decode step time at each --sweep-batches size, ~--sweep-context tokens of context, float32 and
 bfloat16 engines alternated, best of --rounds; bf16/fp32 per batch, and whether this CPU computes bf16 natively.
+--moe-vs-dense: decode step time of the random mixture of experts (--arch, default mixtral: 8 experts of 704, top-2)
+against the dense model of the same family with the same active parameters (one MLP of 1408: mistral / qwen3), at
+--moe-batch sequences of ~--sweep-context tokens, engines alternated, best of --rounds.
 --structured: the same prompts with a JSON schema (response_format json_schema) and without it (each request then
 generating as many tokens as its schema answer, EOS ignored), alternated, best of --rounds; the share of schema
 answers that parse and validate (jsonschema).
@@ -49,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_llamacpp import LlamaServer  # noqa: E402
 from bench_workloads import (  # noqa: E402
-    STRUCTURED_MAX_TOKENS, STRUCTURED_SCHEMA, Run, StepClock, Workload, build_llm, checkpoint_params, continuous_run,
+    STRUCTURED_MAX_TOKENS, STRUCTURED_SCHEMA, Run, StepClock, Workload, active_params, build_llm, continuous_run,
     decode_budget, decode_steps, fill_engine, fixed_length_prompts, pagebatch_run, schema_valid, smollm2_dir,
     static_run, summarize_workload, sync, synthetic_requests, synthetic_workload, without_attention, workload_flops,
 )
@@ -152,10 +157,7 @@ def report_compare(best: dict[str, Run], w: Workload, rounds: int) -> None:
 
 
 def num_params(llm: LLM) -> int:
-    model = llm.engine.model
-    weights = sum(t.numel() for layer in model.layers for t in vars(layer).values() if t is not None)
-    head = 0 if model.lm_head is None or model.lm_head is model.embed else model.lm_head.numel()
-    return weights + model.embed.numel() + model.norm.numel() + head
+    return llm.engine.model.num_parameters()
 
 
 def report_work(w: Workload, run: Run, n_params: int, device: str, dtype: str) -> None:
@@ -171,7 +173,7 @@ def report_work(w: Workload, run: Run, n_params: int, device: str, dtype: str) -
     print(f"{dtype} matmul peak (M x K x N, best of 0.5 s each): "
           + ", ".join(f"{name} {v / 1e9:.1f}" for name, v in peaks.items()) + " GFLOP/s")
     achieved = flops / run.seconds
-    print(f"pagebatch work: {flops / 1e9:.1f} GFLOP ({n_params / 1e6:.1f}M params x 2 x tokens + attention), "
+    print(f"pagebatch work: {flops / 1e9:.1f} GFLOP ({n_params / 1e6:.1f}M active params x 2 x tokens + attention), "
           f"{achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peaks[best]:.1f}% of the best peak ({best})")
 
 
@@ -258,6 +260,45 @@ def dtype_sweep(w: Workload, device: str, kernels: str, batches: list[int], cont
         native = cpu_has_native_bf16()
         print(f"this CPU computes bf16 natively (AVX512-BF16 / AMX): {'yes' if native else 'no'}"
               + ("" if native else " - bf16 matmuls are emulated through fp32 here, so slower bf16 is expected"))
+
+
+# -- a mixture of experts against the dense model with its active parameters ---------------------------------------
+DENSE_OF = {"mixtral": "mistral", "qwen3_moe": "qwen3"}  # the dense family with the same attention
+
+
+def moe_vs_dense(w: Workload, device: str, dtype: str, kernels: str, arch: str, batch: int, context: int, rounds: int,
+                 tmp: str) -> None:
+    """Decode step time of the workload's MoE model (8 experts, top-2) and of a dense model whose one MLP is as wide
+    as the two experts a token uses, at ``batch`` sequences of ~``context`` tokens, alternated, best of rounds."""
+    if arch not in DENSE_OF:
+        raise SystemExit(f"--moe-vs-dense compares {', '.join(DENSE_OF)} with their dense family; got --arch {arch}")
+    moe = sizes_for("bench-moe")
+    dense = {k: v for k, v in moe.items() if k not in ("num_experts", "experts_per_token")}
+    dense["intermediate_size"] = moe["intermediate_size"] * moe["experts_per_token"]
+    paths = {f"{arch} (MoE)": w.model, f"{DENSE_OF[arch]} (dense)": str(make_checkpoint(Path(tmp) / "dense", DENSE_OF[arch], **dense))}
+    steps = 4
+    growth = steps * rounds
+    start = max(16, context - growth // 2)
+    prompts = fixed_length_prompts(w.prompts, batch, start)
+    budget = decode_budget(prompts, growth)
+    engines = {}
+    for name, path in paths.items():
+        engine = build_llm(_decoding(Workload(w.name, path, w.prompts, w.max_tokens, True), prompts, budget), device,
+                           dtype, kernels).engine
+        fill_engine(engine, prompts, budget)
+        engines[name] = engine
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            best[name] = min(best.get(name, float("inf")), decode_steps(engine, device, steps))
+    print(f"\ndecode step time, {batch} sequences, contexts ~{start}-{start + growth} tokens, {dtype}, kernels={kernels}, "
+          f"best of {rounds} x {steps} steps")
+    for name, engine in engines.items():
+        model = engine.model
+        print(f"{name:18s} {best[name]:8.2f} ms/step  ({model.num_parameters(active=True) / 1e6:.1f}M active, "
+              f"{model.num_parameters() / 1e6:.1f}M total params)")
+    (moe_name, moe_ms), (dense_name, dense_ms) = best.items()
+    print(f"MoE / dense decode step: {moe_ms / dense_ms:.2f}x")
 
 
 # -- structured decoding ------------------------------------------------------------------------------------------
@@ -358,6 +399,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype-sweep", action="store_true", help="also: bf16 vs fp32 decode step time per batch size")
     ap.add_argument("--sweep-batches", default="1,8,32,64,128")
     ap.add_argument("--sweep-context", type=int, default=256)
+    ap.add_argument("--arch", default="llama", help="synthetic workload: the random model's architecture (llama; "
+                                                     "mixtral, qwen3_moe or olmoe: 8 experts, top-2, as many active params)")
+    ap.add_argument("--moe-vs-dense", action="store_true",
+                    help="also: MoE (--arch, default mixtral) vs dense decode step time at --moe-batch sequences")
+    ap.add_argument("--moe-batch", type=int, default=48)
     ap.add_argument("--structured", action="store_true", help="also: tokens/s with a JSON schema vs without")
     ap.add_argument("--structured-max-tokens", type=int, default=STRUCTURED_MAX_TOKENS)
     ap.add_argument("--kernels", default="auto",
@@ -367,13 +413,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.num_prompts = args.num_prompts or (64 if args.workload == "summarize" else 48)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.moe_vs_dense and args.arch == "llama":
+        args.arch = "mixtral"
     return args
 
 
 def make_workload(args: argparse.Namespace, tmp: str) -> Workload:
     if args.workload == "summarize":
         return summarize_workload(args.model or smollm2_dir(), args.num_prompts, args.seed, args.max_tokens)
-    path = args.model or str(make_checkpoint(Path(tmp) / "bench-llama", "llama", **sizes_for("bench")))
+    from pagebatch.engine.make_model import MOE_ARCHITECTURES
+
+    preset = "bench-moe" if args.arch in MOE_ARCHITECTURES else "bench"
+    path = args.model or str(make_checkpoint(Path(tmp) / f"bench-{args.arch}", args.arch, **sizes_for(preset)))
     return synthetic_workload(path, args.num_prompts, args.seed)
 
 
@@ -400,12 +451,15 @@ def main() -> None:
                 llama.close()
         report_compare(best, w, args.rounds)
         gc.collect()
-        report_work(w, next(iter(best.values())), checkpoint_params(w.model), args.device, args.dtype)
+        report_work(w, next(iter(best.values())), active_params(w.model), args.device, args.dtype)
     if args.breakdown:
         breakdown(w, args.device, args.dtype, kernels[0], args.num_prompts, args.breakdown_context, args.rounds)
     if args.dtype_sweep:
         batches = [int(b) for b in args.sweep_batches.split(",")]
         dtype_sweep(w, args.device, kernels[0], batches, args.sweep_context, args.rounds)
+    if args.moe_vs_dense:
+        moe_vs_dense(w, args.device, args.dtype, kernels[0], args.arch, args.moe_batch, args.sweep_context, args.rounds,
+                     tmp.name)
     if args.structured:
         structured(w, args.device, args.dtype, kernels[0], args.rounds, args.structured_max_tokens)
 

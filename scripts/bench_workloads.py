@@ -1,7 +1,8 @@
 """The workloads scripts/bench_engine.py measures, and what it counts about them (FLOPs, JSON validity).
 
-- synthetic: random token ids on a random 28M Llama (made here), every request generating exactly the
-  output tokens it asks for (EOS ignored).
+- synthetic: random token ids on a random 28M Llama (made here; or another architecture of the same size, a
+  mixture of experts with as many active parameters), every request generating exactly the output tokens it asks
+  for (EOS ignored).
 - summarize: SmolLM2-135M-Instruct (scripts/fetch_smollm2.py, converted by engine.models.gguf) asked to summarize
   passages of real English text: Python's own documentation as the interpreter ships it (pydoc_data.topics),
   offline, chosen deterministically by the seed, rendered through the model's chat template; greedy, EOS on.
@@ -150,6 +151,25 @@ def checkpoint_params(model: str) -> int:
                 shape = f.get_slice(key).get_shape()
                 total += int(torch.tensor(shape).prod()) if shape else 1
     return total
+
+
+def active_params(model: str) -> int:
+    """Parameters one token uses: a mixture of experts' routed experts only (top_k of num_experts of each)."""
+    from safetensors import safe_open
+
+    from pagebatch.engine.models import ModelSpec, load_hf_config
+
+    total = checkpoint_params(model)
+    spec = ModelSpec.from_hf_config(load_hf_config(Path(model)))
+    if spec.moe is None:
+        return total
+    experts = 0
+    for file in sorted(Path(model).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                if ".experts." in key:
+                    experts += int(torch.tensor(f.get_slice(key).get_shape()).prod())
+    return total - experts * (spec.moe.num_experts - spec.moe.top_k) // spec.moe.num_experts
 
 
 def workload_flops(num_params: int, num_layers: int, num_heads: int, head_dim: int,
@@ -412,4 +432,4 @@ def decode_budget(prompts: list[list[int]], timed_steps: int, max_num_batched_to
 def without_attention(ops: ModuleType) -> SimpleNamespace:
     """The ops of a kernel backend with paged_attention a no-op of the same output shape (the KV writes stay)."""
     public = {name: getattr(ops, name) for name in dir(ops) if not name.startswith("__")}
-    return SimpleNamespace(**(public | {"paged_attention": lambda q, k_cache, v_cache, meta, scale: q.clone()}))
+    return SimpleNamespace(**(public | {"paged_attention": lambda q, k_cache, v_cache, meta, scale, window=None: q.clone()}))

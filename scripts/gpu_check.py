@@ -15,11 +15,13 @@ Dry run here, on CPU with tiny shapes (what tests/ops/test_gpu_check.py runs):
 
 Sections (each with its own time budget, recorded pass / fail / skipped with its reason, never aborting the run):
 env; kernel_tests (pytest tests/kernels compiled for the card, sharded); parity (engine greedy vs transformers,
-llama/mistral/qwen2/qwen3, fp32 and bf16); cuda_graphs (graph replay vs eager decode); torch_backend
+llama/mistral/qwen2/qwen3 and qwen3_moe/mixtral/olmoe/gemma3/phi3, fp32 and bf16, no kernel replaced by the
+start-up self-check); cuda_graphs (graph replay vs eager decode); torch_backend
 (kernels=torch); models (random ~0.5B Qwen2.5-like and ~8B Llama-3-like bf16 checkpoints made on the card);
 hbm_bandwidth, matmul_peak, attention (paged attention vs SDPA); throughput_small / throughput_large
 (pagebatch vs transformers static batches and continuous batching, mixed and shared-prefix workloads);
-decode_* (batch-1 decode vs bandwidth) and prefill_* (vs matmul peak). Correctness, kernel tests and the
+decode_* (batch-1 decode vs bandwidth) and prefill_* (vs matmul peak); moe (a random Qwen3-MoE-like model: throughput
+vs transformers, decode step at batch 48 vs the dense model with its active parameters). Correctness, kernel tests and the
 checkpoints run concurrently first; the timed sections run one at a time after, with the card to themselves.
 See docs/gpu.md.
 """
@@ -64,6 +66,7 @@ def run_child(args) -> int:
     from gpu_check_bench import run_models, run_throughput
     from gpu_check_correct import run_correctness
     from gpu_check_limits import run_limits
+    from gpu_check_moe import run_moe
 
     workdir = Path(args.workdir)
     recorder = Recorder(workdir / "sections" / f"{args.child}.json")
@@ -76,6 +79,7 @@ def run_child(args) -> int:
         "models": lambda: run_models(recorder, p, args.device, workdir, args.deadline),
         "limits": lambda: run_limits(recorder, p, args.device, workdir, args.deadline),
         "small": lambda: run_throughput(recorder, p, args.device, workdir, args.deadline, "small"),
+        "moe": lambda: run_moe(recorder, p, args.device, workdir, args.deadline),
         "large": lambda: run_throughput(recorder, p, args.device, workdir, args.deadline, "large"),
     }[args.child]
     run()
@@ -91,7 +95,7 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/pagebatch-gpu-check", help="checkpoints and child logs (not $OUT)")
     ap.add_argument("--small-requests", type=int, default=None, help="requests of the ~0.5B throughput run (256)")
     ap.add_argument("--large-requests", type=int, default=None, help="requests of the ~8B throughput run (64)")
-    ap.add_argument("--skip", default="", help="comma list of: kernel_tests,correctness,models,limits,small,large")
+    ap.add_argument("--skip", default="", help="comma list of: kernel_tests,correctness,models,limits,small,moe,large")
     ap.add_argument("--kernel-shards", type=int, default=None, help="parallel pytest processes (6 on CUDA)")
     ap.add_argument("--serial", action="store_true", help="on CPU too, the timed sections one at a time (as on a GPU)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -167,11 +171,12 @@ def main() -> int:
 
         # Phase B: the limits, then ~0.5B, then ~8B throughput, one at a time with the card to themselves.
         # On CPU (a dry run, whose timings mean nothing) they run concurrently to keep the dry run short.
-        phase_b = [c for c in ("limits", "small", "large") if c not in skip]
+        phase_b = [c for c in ("limits", "small", "moe", "large") if c not in skip]
         if args.device == "cpu" and not args.serial:
             wait_all([start(c, end - 3) for c in phase_b])
         else:
-            for child, cap in (("limits", 25 if args.quick else 45), ("small", 40 if args.quick else 150), ("large", 1e9)):
+            for child, cap in (("limits", 25 if args.quick else 45), ("small", 40 if args.quick else 140),
+                               ("moe", 20 if args.quick else 45), ("large", 1e9)):
                 if child not in phase_b or remaining() - 5 < (5 if args.quick else 30):
                     continue  # its sections are recorded as skipped below
                 job = start(child, time.time() + min(cap, remaining() - 5))

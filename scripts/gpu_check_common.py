@@ -27,7 +27,7 @@ if str(ROOT / "scripts") not in sys.path:
 SECTIONS = (
     "env", "kernel_tests", "parity", "cuda_graphs", "torch_backend", "models",
     "hbm_bandwidth", "matmul_peak", "attention",
-    "throughput_small", "decode_small", "prefill_small",
+    "throughput_small", "decode_small", "prefill_small", "moe",
     "throughput_large", "decode_large", "prefill_large",
 )
 # Which child process writes which sections (the driver runs env and kernel_tests itself).
@@ -36,6 +36,7 @@ CHILDREN = {
     "models": ("models",),
     "limits": ("hbm_bandwidth", "matmul_peak", "attention"),
     "small": ("throughput_small", "decode_small", "prefill_small"),
+    "moe": ("moe",),
     "large": ("throughput_large", "decode_large", "prefill_large"),
 }
 
@@ -46,13 +47,19 @@ LARGE_SHAPE = dict(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8
 
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+NEW_ARCHS = ("qwen3_moe", "mixtral", "olmoe", "gemma3", "phi3")  # mixtures of experts, sliding windows, LongRoPE
+# Per-architecture options of the parity checkpoints: Gemma 3's window shorter than most prompts; Phi-3 as the
+# 128k variants are (LongRoPE, past position 64 here) with Phi-4-mini's partial rotary.
+PARITY_EXTRA = {"gemma3": dict(sliding_window=40),
+                "phi3": dict(rope_scaling="longrope", max_position_embeddings=2048, partial_rotary_factor=0.75)}
 
 
 def plan(quick: bool, cuda: bool, small_requests: int | None = None, large_requests: int | None = None) -> dict:
     """Sizes of everything: the real run on a GPU, or tiny shapes for --quick / CPU dry runs."""
     if not quick:
         return dict(
-            parity_runs={"float32": ARCHS, "bfloat16": ARCHS}, parity_shape=dict(hidden_size=256, num_layers=2, num_heads=4, num_kv_heads=2),
+            parity_runs={"float32": ARCHS + NEW_ARCHS, "bfloat16": ARCHS + ("qwen3_moe", "gemma3")},
+            parity_shape=dict(hidden_size=256, num_layers=2, num_heads=4, num_kv_heads=2),
             parity_lengths=(1, 2, 7, 16, 17, 33, 64, 100, 129, 255, 400, 700), parity_prefix=300, parity_new=24,
             graph_prompts=32, graph_new=(4, 40), torch_runs={"float32": ("llama", "qwen3"), "bfloat16": ("llama", "qwen3")},
             small=("qwen2", SMALL_SHAPE), large=("llama", LARGE_SHAPE), grow_large=True,
@@ -64,12 +71,17 @@ def plan(quick: bool, cuda: bool, small_requests: int | None = None, large_reque
                              ("decode", 1, 16384, 1), ("decode", 4, 8192, 1), ("decode", 32, 2048, 1),
                              ("decode", 128, 1024, 1), ("decode", 256, 512, 1)]),
             decode_steps_small=128, decode_steps_large=64, prefill_small=(16, 1024), prefill_large=(8, 1024),
+            # a Qwen3-MoE-like mixture (32 experts, top-4; ~230M parameters, ~40M active) and its dense twin
+            moe_shape=dict(hidden_size=768, num_layers=8, num_heads=12, num_kv_heads=4, intermediate_size=384,
+                           vocab_size=32000, num_experts=32, experts_per_token=4),
+            moe_requests=128, moe_batch=48, moe_context=256, moe_rounds=5,
             # seconds a system needs at least, else it is skipped for the section's budget
             min_pb_small=20, min_pb_large=45, min_static_small=8, min_static_large=15, min_cb_small=30, min_cb_large=45,
         )
     tiny = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
     return dict(
-        parity_runs={"float32": ARCHS, "bfloat16": ("qwen3",)}, parity_shape=tiny,
+        # two of the new families (a mixture of experts, a sliding window) keep the CPU rehearsal inside its minute
+        parity_runs={"float32": ARCHS + ("qwen3_moe", "gemma3"), "bfloat16": ("qwen3",)}, parity_shape=tiny,
         parity_lengths=(1, 7, 33, 70), parity_prefix=24, parity_new=6,
         graph_prompts=6, graph_new=(2, 8), torch_runs={"float32": ("llama",)},
         small=("qwen2", dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
@@ -82,6 +94,9 @@ def plan(quick: bool, cuda: bool, small_requests: int | None = None, large_reque
         attn=dict(heads=4, kv_heads=2, head_dim=32, block_size=16,
                   cases=[("prefill", 1, 128, 128), ("decode", 4, 256, 1), ("decode", 8, 128, 1)]),
         decode_steps_small=8, decode_steps_large=6, prefill_small=(2, 64), prefill_large=(2, 64),
+        moe_shape=dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=32, vocab_size=1024,
+                       num_experts=8, experts_per_token=2),
+        moe_requests=6, moe_batch=8, moe_context=32, moe_rounds=2,
         min_pb_small=1, min_pb_large=1, min_static_small=1, min_static_large=1, min_cb_small=1, min_cb_large=1,
     )
 

@@ -6,7 +6,10 @@ import re
 import time
 from pathlib import Path
 
-from gpu_check_common import ROOT, Recorder, Section, Skip, free_memory, graphs_active, greedy, kernel_backend, log, make_llm, random_prompts, sync
+from gpu_check_common import (
+    PARITY_EXTRA, ROOT, Recorder, Section, Skip, free_memory, graphs_active, greedy, kernel_backend, log, make_llm,
+    random_prompts, sync,
+)
 
 # A greedy divergence is tolerated only where transformers' own top-2 logits are closer than this.
 NEAR_TIE = {"float32": 1e-4, "bfloat16": 0.25}
@@ -73,7 +76,8 @@ class Correctness:
         from pagebatch.engine.make_model import make_checkpoint
 
         if arch not in self.checkpoints:
-            self.checkpoints[arch] = make_checkpoint(self.workdir / f"parity-{arch}", arch, **self.p["parity_shape"])
+            self.checkpoints[arch] = make_checkpoint(self.workdir / f"parity-{arch}", arch,
+                                                     **(self.p["parity_shape"] | PARITY_EXTRA.get(arch, {})))
         return self.checkpoints[arch]
 
     def engine_options(self, dtype: str, **extra) -> dict:
@@ -90,6 +94,7 @@ class Correctness:
         refs = self.refs[arch, dtype]
         llm = make_llm(path, kernels=kernels, **self.engine_options(dtype))
         backend, graphs = kernel_backend(llm), graphs_active(llm)
+        serving = llm.engine.serving_path().as_dict() if hasattr(llm.engine, "serving_path") else {}
         sync(self.device)
         t = time.perf_counter()
         outs = llm.generate(prompts, greedy(new))
@@ -103,7 +108,13 @@ class Correctness:
             self.engine_tokens[arch, dtype] = tokens
         result = compare(tokens, [r[0] for r in refs], _logit_gap(refs), NEAR_TIE[dtype])
         result["failures"] = errors + result["failures"]
-        result.update(backend=backend, cuda_graphs=graphs, generate_s=round(seconds, 3))
+        result.update(backend=backend, cuda_graphs=graphs, generate_s=round(seconds, 3),
+                      kernel_fallbacks=serving.get("fallbacks", []), cuda_graphs_state=serving.get("cuda_graphs"))
+        # the start-up self-check replaced a kernel, or a captured graph's replay disagreed with the eager step
+        result["failures"] += [f"kernel {op} failed its self-check: the torch reference serves it"
+                               for op in serving.get("fallbacks", [])]
+        if serving.get("cuda_graphs") == "eager-fallback":
+            result["failures"].append(f"CUDA graphs fell back to eager: {serving.get('cuda_graphs_detail')}")
         self.last_tokens = tokens
         label = f"{arch}/{dtype}" + (f"/kernels={kernels}" if kernels else "")
         log(f"  {label}: {result['tokens_compared']} tokens compared, {len(result['near_ties'])} near-ties, "
@@ -128,6 +139,7 @@ class Correctness:
         sec.figure("tokens_compared", tokens)
         sec.figure("near_ties_tolerated", ties)
         sec.figure("failures", len(sec.errors))
+        sec.figure("kernel_fallbacks", sum(len(r.get("kernel_fallbacks", [])) for r in results.values()))
         sec.detail("tolerance", {k: f"divergence allowed only where transformers' top-2 logit gap < {v}" for k, v in NEAR_TIE.items()})
 
     def cuda_graphs(self, sec: Section) -> None:
@@ -195,7 +207,8 @@ def run_correctness(recorder: Recorder, p: dict, device: str, workdir: Path, dea
     def left(share: float) -> float:
         return max(0.0, (deadline - time.time()) * share)
 
-    recorder.run("parity", left(0.75), c.parity)
+    # without CUDA the graph section is skipped at once: parity may take more of the child's time
+    recorder.run("parity", left(0.75 if device.startswith("cuda") else 0.85), c.parity)
     recorder.run("cuda_graphs", left(0.5), c.cuda_graphs)
     recorder.run("torch_backend", left(0.95), c.torch_backend)
 

@@ -22,6 +22,9 @@ TARGETS = [  # (name, section, figure, comparison, threshold, what)
      "batch-1 decode bytes read per step / step time, over the measured device-to-device copy bandwidth, ~0.5B"),
     ("paged_attention_vs_sdpa", "attention", "worst_ratio", "<=", 1.25,
      "paged attention (Triton) time / SDPA time on the same contiguous K/V, worst case over the cases run"),
+    ("moe_decode_vs_dense", "moe", "moe_over_dense_decode", "<=", 1.5,
+     "decode step of a random Qwen3-MoE-like model (32 experts, top-4) / the dense Qwen3 with its active parameters, "
+     "batch 48"),
 ]
 MODULES = ("torch", "triton", "transformers", "tokenizers", "safetensors", "jinja2", "structlog", "pytest")
 
@@ -215,6 +218,7 @@ def summary_lines(report: dict) -> list[str]:
         "throughput_large": ("pagebatch_tok_s", "speedup_vs_static", "speedup_vs_continuous"),
         "decode_small": ("step_ms", "achieved_gb_s", "share_of_hbm"), "decode_large": ("step_ms", "achieved_gb_s", "share_of_hbm"),
         "prefill_small": ("achieved_tflops", "share_of_matmul_peak"), "prefill_large": ("achieved_tflops", "share_of_matmul_peak"),
+        "moe": ("pagebatch_tok_s", "speedup_vs_static", "moe_over_dense_decode"),
     }
     lines = [f"card: {report['card']}  torch {report['versions'].get('torch')}  triton {report['versions'].get('triton')}  "
              f"transformers {report['versions'].get('transformers')}  total {report['duration_s']:.0f} s"]

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from pagebatch.engine.cache import cache_root
-from pagebatch.engine.models.spec import CheckpointError
+from pagebatch.engine.models.errors import CheckpointError
 
 CONVERT_VERSION = 1  # bump when the conversion's output changes; old cache entries are then left unused
 MARKER = "pagebatch-gguf.json"  # written last inside the entry, so its presence means a complete conversion

@@ -5,6 +5,10 @@ import argparse
 import sys
 
 from pagebatch.jobs.batch.schema import ENDPOINTS
+
+# what `pagebatch make-model --arch` makes (engine.make_model.ARCHITECTURES; listed here so the parser does not
+# import transformers)
+MAKE_MODEL_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "olmoe", "gemma3", "phi3")
 from pagebatch.jobs.commands.engine_flags import add_engine_flags, argv_of, options_of
 
 
@@ -12,6 +16,8 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
     from pagebatch.engine.make_model import make_checkpoint, sizes_for
 
     sizes = sizes_for(args.preset)
+    if args.sliding_window:
+        sizes["sliding_window"] = args.sliding_window
     if args.vocab_size:
         sizes["vocab_size"] = args.vocab_size
     path = make_checkpoint(args.dir, args.arch, seed=args.seed, dtype=args.dtype, rope_scaling=args.rope_scaling, **sizes)
@@ -191,11 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     mk = sub.add_parser("make-model", help="write a small random-weight checkpoint (Hugging Face layout) for tests and demos")
     mk.add_argument("dir")
-    mk.add_argument("--arch", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"])
-    mk.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench"])
+    mk.add_argument("--arch", default="llama", choices=list(MAKE_MODEL_ARCHS))
+    mk.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench", "bench-moe"])
     mk.add_argument("--vocab-size", type=int, default=None)
     mk.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    mk.add_argument("--rope-scaling", default=None, choices=["llama3"])
+    mk.add_argument("--rope-scaling", default=None, choices=["llama3", "longrope"])
+    mk.add_argument("--sliding-window", type=int, default=None,
+                    help="attention window (Gemma 3: its sliding layers'; Mistral, Qwen2, Phi-3, Mixtral, Qwen3-MoE: all layers')")
     mk.add_argument("--seed", type=int, default=0)
     mk.set_defaults(func=_cmd_make_model)
 

@@ -3,7 +3,8 @@
 Workers own the engines, and the API may run on another machine, so everything the API exports
 about them travels through Redis:
 
-- a stats key per worker: a JSON snapshot of the worker's ``EngineLoop.stats()``, rewritten every few
+- a stats key per worker: a JSON snapshot of the worker's ``EngineLoop.stats()`` and its serving path
+  (``EngineLoop.serving_path()``: which implementation serves each op, CUDA graphs or not), rewritten every few
   seconds with a TTL of a few periods, so a dead worker's gauges disappear on their own.
 - a latency hash per model: per-request latency histograms (queue time, time to first token, total)
   as cumulative counters shared by all the workers of a model. Each worker adds its observations
@@ -42,12 +43,14 @@ class WorkerSnapshot:
     model: str
     stats: dict[str, float]
     published_at: float
+    serving: dict[str, Any] = field(default_factory=dict)  # engine.serving_path.ServingPath.as_dict()
 
 
-def publish_snapshot(client: redis.Redis, worker: str, model: str, stats: Any, ttl_s: int) -> None:
-    """``stats`` is an ``engine.EngineStats`` (or any dataclass/dict of numbers)."""
+def publish_snapshot(client: redis.Redis, worker: str, model: str, stats: Any, ttl_s: int,
+                     serving: dict[str, Any] | None = None) -> None:
+    """``stats`` is an ``engine.EngineStats`` (or any dataclass/dict of numbers); ``serving`` its serving path."""
     values = asdict(stats) if is_dataclass(stats) else dict(stats)
-    payload = {"worker": worker, "model": model, "stats": values, "published_at": time.time()}
+    payload = {"worker": worker, "model": model, "stats": values, "published_at": time.time(), "serving": serving or {}}
     client.set(keys.named("stats", worker), json.dumps(payload), ex=max(1, ttl_s))
 
 
@@ -62,7 +65,8 @@ def read_snapshots(client: redis.Redis) -> list[WorkerSnapshot]:
         if raw is None:
             continue  # expired between SCAN and MGET
         data = json.loads(raw)
-        snapshots.append(WorkerSnapshot(data["worker"], data["model"], data["stats"], data["published_at"]))
+        snapshots.append(WorkerSnapshot(data["worker"], data["model"], data["stats"], data["published_at"],
+                                        data.get("serving") or {}))
     return snapshots
 
 

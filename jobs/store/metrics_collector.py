@@ -120,6 +120,27 @@ class ServiceCollector:
                     if field_name in snap.stats:
                         metric.add_metric([snap.model, snap.worker], float(snap.stats[field_name]))
                 yield metric
+        yield from self._serving_paths(snapshots)
+
+    def _serving_paths(self, snapshots: list[store.WorkerSnapshot]) -> Iterator[Metric]:
+        kernel = GaugeMetricFamily("pagebatch_engine_kernel", "What serves each hot-path op (1 per op): triton, cpu, "
+                                   "torch, or torch-fallback (its kernel failed the start-up self-check)",
+                                   labels=["model", "worker", "op", "implementation"])
+        graphs = GaugeMetricFamily("pagebatch_engine_cuda_graphs", "How decode steps run (1 for the state): captured "
+                                   "(CUDA graphs), eager-fallback (capture or its check failed), padded-eager, off",
+                                   labels=["model", "worker", "state"])
+        fallbacks = GaugeMetricFamily("pagebatch_engine_kernel_fallbacks",
+                                      "Kernels replaced by their torch reference after failing the start-up self-check",
+                                      labels=["model", "worker"])
+        for snap in snapshots:
+            path = snap.serving
+            if not path:
+                continue
+            for op, implementation in sorted(path.get("ops", {}).items()):
+                kernel.add_metric([snap.model, snap.worker, op, implementation], 1)
+            graphs.add_metric([snap.model, snap.worker, str(path.get("cuda_graphs", "off"))], 1)
+            fallbacks.add_metric([snap.model, snap.worker], len(path.get("fallbacks", [])))
+        yield from (kernel, graphs, fallbacks)
 
     def _latencies(self, models: list[str]) -> Iterator[Metric]:
         latencies = {model: store.read_latency(self.client, model) for model in models}

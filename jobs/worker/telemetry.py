@@ -84,7 +84,7 @@ class CompletionFill:
 
 
 class TelemetryPublisher:
-    """This worker's engine stats (with a TTL) and its new latency counts, published each period."""
+    """This worker's engine stats and serving path (with a TTL) and its new latency counts, published each period."""
 
     def __init__(self, client: redis.Redis, loop: EngineHandle, latency: LatencyBuffer, worker: str, model: str,
                  interval_s: float = 2.0) -> None:
@@ -92,10 +92,16 @@ class TelemetryPublisher:
         self.worker, self.model = worker, model
         # A few missed periods before the snapshot expires: a dead worker's gauges vanish quickly.
         self.ttl_s = max(5, round(3 * interval_s))
+        self._path: dict | None = None
 
     def publish(self) -> None:
-        publish_snapshot(self.client, self.worker, self.model, self.loop.stats(), self.ttl_s)
+        publish_snapshot(self.client, self.worker, self.model, self.loop.stats(), self.ttl_s, self._serving_path())
         self.latency.flush(self.client)
+
+    def _serving_path(self) -> dict:
+        if self._path is None:  # fixed once the engine is built
+            self._path = self.loop.serving_path()
+        return self._path
 
     def close(self) -> None:
         try:

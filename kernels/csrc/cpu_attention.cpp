@@ -11,10 +11,11 @@
 namespace {
 
 // out[row_idx[i], h, :] = softmax(scale * q[row_idx[i], h] . K_i^T) V_i for every decode i, where
-// K_i / V_i are the first ctx_lens[i] tokens of the blocks block_tables[seq_idx[i], :].
+// K_i / V_i are the first ctx_lens[i] tokens of the blocks block_tables[seq_idx[i], :] (with window > 0, only
+// the last `window` of them).
 void decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& out,
                       const at::Tensor& block_tables, const at::Tensor& seq_idx, const at::Tensor& row_idx,
-                      const at::Tensor& ctx_lens, double scale, int64_t min_split_len) {
+                      const at::Tensor& ctx_lens, double scale, int64_t min_split_len, int64_t window) {
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu() && out.device().is_cpu(),
               "decode_attention is a CPU kernel");
   TORCH_CHECK(q.dim() == 3 && out.dim() == 3 && k_cache.dim() == 4 && v_cache.dim() == 4,
@@ -82,6 +83,7 @@ void decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::
   P.block_size = block_size;
   P.scale = static_cast<float>(scale);
   P.min_split_len = min_split_len;
+  P.window = window;
   P.threads = at::get_num_threads();
   pagebatch::decode_attention(P, code);
 }
@@ -91,7 +93,7 @@ void decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::
 TORCH_LIBRARY(pagebatch_cpu, m) {
   m.def(
       "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor(a!) out, Tensor block_tables, Tensor seq_idx, "
-      "Tensor row_idx, Tensor ctx_lens, float scale, int min_split_len) -> ()");
+      "Tensor row_idx, Tensor ctx_lens, float scale, int min_split_len, int window) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pagebatch_cpu, CPU, m) { m.impl("decode_attention", &decode_attention); }

@@ -1,9 +1,9 @@
 // Paged decode attention for CPU: one query token per sequence, K/V read in place from the paged
 // caches [num_blocks, block_size, num_kv_heads, head_dim] (no gather into a padded copy).
 //
-// Work item = (sequence, kv heads, context range). Normally an item is a whole sequence, so each
-// cache block is read once, all kv heads together; with fewer sequences than 4x the threads an item
-// is one kv head, and contexts are split into block-aligned chunks (merged afterwards with their
+// Work item = (sequence, kv heads, context range). Normally an item is a whole sequence (for a
+// sliding-window layer, its last `window` keys), so each cache block is read once, all kv heads
+// together; with fewer sequences than 4x the threads an item is one kv head, and contexts are split into block-aligned chunks (merged afterwards with their
 // running max / sum, flash-decoding style) while there are still too few items. Items run under
 // OpenMP with dynamic scheduling, longest first. Per item: scores of all its query heads (one pass
 // over K), an fp32 softmax, the fp32 weighted sum of values (one pass over V).
@@ -63,6 +63,7 @@ struct DecodeParams {
   int H, Hkv, D, block_size;
   float scale;
   int64_t min_split_len;  // <= 0: never split a context
+  int64_t window;         // > 0: a sliding-window layer's; decode i reads only its last `window` keys
   int threads;
 };
 
@@ -499,7 +500,9 @@ void decode_attention(const DecodeParams& P) {
   std::vector<int64_t> first_slot(P.n, -1), num_splits(P.n, 1);
   int64_t slots = 0, max_len = 1;
   for (int64_t i = 0; i < P.n; ++i) {
-    const int64_t len = P.ctx[i];
+    const int64_t ctx_len = P.ctx[i];
+    const int64_t first = P.window > 0 ? std::max<int64_t>(0, ctx_len - P.window) : 0;  // first visible key
+    const int64_t len = ctx_len - first;
     const int64_t blocks = (len + bs - 1) / bs;
     int64_t splits = 1;
     if (units < want && P.min_split_len > 0) {
@@ -512,7 +515,7 @@ void decode_attention(const DecodeParams& P) {
     if (splits > 1) first_slot[i] = slots;
     for (int h = 0; h < Hkv; h += group) {
       for (int64_t s = 0; s < splits; ++s) {
-        const int64_t b = s * per, e = std::min(len, b + per);
+        const int64_t b = first + s * per, e = std::min(ctx_len, b + per);
         items.push_back({i, h, h + group, b, e, splits > 1 ? slots + (static_cast<int64_t>(h) * splits + s * group) * G : -1});
         max_len = std::max(max_len, e - b);
       }

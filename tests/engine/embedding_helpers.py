@@ -17,6 +17,11 @@ EMBEDDING_VARIANTS = {
     "qwen3-embed": dict(arch="qwen3", embedding=True, num_kv_heads=1, pooling="mean",
                         matryoshka_dimensions=[16, 32, 64]),
     "qwen3-cls": dict(arch="qwen3", embedding=True, pooling="cls", normalize=False),
+    "qwen3-moe-embed": dict(arch="qwen3_moe", embedding=True, pooling="mean"),
+    "mixtral-embed": dict(arch="mixtral", embedding=True, num_experts=4),
+    "olmoe-embed": dict(arch="olmoe", embedding=True, pooling="mean"),
+    "gemma3-embed": dict(arch="gemma3", embedding=True, sliding_window=12, pooling="mean"),  # Gemma3TextModel
+    "phi3-embed": dict(arch="phi3", embedding=True, rope_scaling="longrope", max_position_embeddings=1024),
 }
 
 

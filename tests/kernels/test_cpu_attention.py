@@ -69,17 +69,22 @@ def fresh(meta: AttentionMetadata) -> AttentionMetadata:
     )
 
 
-def check(specs, gqa: int, head_dim: int, block_size: int, dtype: torch.dtype, **batch_kw) -> None:
+def check(specs, gqa: int, head_dim: int, block_size: int, dtype: torch.dtype, window: int | None = None,
+          **batch_kw) -> None:
     heads, kv_heads = GQA[gqa]
     q, k_cache, v_cache, meta = make_batch(specs, heads, kv_heads, head_dim, block_size, dtype, **batch_kw)
     scale = head_dim**-0.5
-    expected = reference.paged_attention(q.float(), k_cache.float(), v_cache.float(), fresh(meta), scale)
-    out = cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale)
+    expected = reference.paged_attention(q.float(), k_cache.float(), v_cache.float(), fresh(meta), scale, window)
+    out = cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, window)
     assert out.shape == q.shape and out.dtype == q.dtype
     tol = TOL[dtype]
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
     # The plan cached on the metadata is reused by the next layer: same answer.
-    torch.testing.assert_close(cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale), out, atol=0, rtol=0)
+    torch.testing.assert_close(cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, window), out, atol=0, rtol=0)
+    if window:  # and a full-attention layer of the same batch gets its own plan, not the window's
+        full = reference.paged_attention(q.float(), k_cache.float(), v_cache.float(), fresh(meta), scale)
+        torch.testing.assert_close(cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale).float(), full,
+                                   atol=tol, rtol=tol)
 
 
 @needs_kernel
@@ -146,6 +151,33 @@ def test_work_splitting(threads: int, min_split_len: int) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("window", [1, 7, 16, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sliding_window(window: int, dtype: torch.dtype) -> None:
+    """A sliding-window layer's decodes read only their last `window` keys (the poisoned slots before them too
+    would show), windows ending mid-block and longer than short contexts; prefill chunks beside them."""
+    check(MIXED + DECODE_RAGGED, 3, 64, 16, dtype, window=window)
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 32])
+def test_sliding_window_split_across_threads(threads: int) -> None:
+    """A long context's window split into chunks (starting mid-block) and merged."""
+    heads, kv_heads = GQA[4]
+    q, k_cache, v_cache, meta = make_batch([(1031, 1), (300, 1)], heads, kv_heads, 64, 16, torch.float32)
+    expected = reference.paged_attention(q, k_cache, v_cache, fresh(meta), 0.125, window=517)
+    out = torch.full_like(q, float("nan"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cpu_attention.decode_attention(q, k_cache, v_cache, out, meta.block_tables, torch.arange(2), torch.arange(2),
+                                       meta.context_lens, 0.125, min_split_len=16, window=517)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 def test_rejects_out_of_range_indices() -> None:
     q, k_cache, v_cache, meta = make_batch([(20, 1), (3, 1)], 9, 3, 64, 16, torch.float32)
     out = torch.empty_like(q)
@@ -190,10 +222,12 @@ def test_falls_back_to_reference_without_kernel(monkeypatch: pytest.MonkeyPatch,
 
     import torch.utils.cpp_extension
 
-    monkeypatch.setattr(cpu_attention, "_ext", None)
-    monkeypatch.setattr(cpu_attention, "_failed", False)
+    from pagebatch.kernels import cpu_extension
+
+    monkeypatch.setattr(cpu_extension, "_ext", None)
+    monkeypatch.setattr(cpu_extension, "_failed", False)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", broken_load)
-    with caplog.at_level(logging.WARNING, logger="pagebatch.kernels.cpu_attention"):
+    with caplog.at_level(logging.WARNING, logger="pagebatch.kernels.cpu_extension"):
         assert not cpu_attention.available()
     assert "unavailable" in caplog.text and "no compiler here" in caplog.text
     q, k_cache, v_cache, meta = make_batch(MIXED, 9, 3, 64, 16, torch.float32)

@@ -70,36 +70,42 @@ def make_batch(
     return q.to(device), k_cache.to(device), v_cache.to(device), meta, keys, values
 
 
-def reference_out(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+def reference_out(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                  window: int | None = None) -> torch.Tensor:
     scale = q.shape[-1] ** -0.5
-    return reference.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, scale)
+    return reference.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, scale, window)
 
 
 def check(
     specs: list[tuple[int, int]], gqa: int, head_dim: int, block_size: int, dtype: torch.dtype, device: str,
-    num_splits: int | None, block_n: int | None = 16,
+    num_splits: int | None, block_n: int | None = 16, window: int | None = None,
 ) -> None:
     if dtype == torch.bfloat16 and device == "cpu":
         pytest.skip("bf16 is not exercised under the Triton interpreter")
     num_heads, num_kv_heads = GQA[gqa] if gqa in GQA else (gqa * 2, 2)
     q, k_cache, v_cache, meta, _, _ = make_batch(specs, num_heads, num_kv_heads, head_dim, block_size, dtype, device)
-    out = paged_attention_fwd(q, k_cache, v_cache, meta, head_dim**-0.5, num_splits=num_splits, block_n=block_n)
+    out = paged_attention_fwd(q, k_cache, v_cache, meta, head_dim**-0.5, num_splits=num_splits, block_n=block_n,
+                              window=window)
     assert out.dtype == dtype and out.shape == q.shape
-    expected = reference_out(q, k_cache, v_cache, meta)
+    expected = reference_out(q, k_cache, v_cache, meta, window)
     tol = TOL[dtype]
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
 
 
-def test_harness_reference_matches_dense_attention() -> None:
-    """The cache builder and the oracle agree with attention computed straight from the dense K/V."""
-    q, k_cache, v_cache, meta, keys, values = make_batch(MIXED, 8, 2, 16, 8, torch.float32, "cpu")
-    expected = reference_out(q, k_cache, v_cache, meta)
+@pytest.mark.parametrize("window", [None, 1, 6, 20])
+def test_harness_reference_matches_dense_attention(window: int | None) -> None:
+    """The cache builder and the oracle agree with attention computed straight from the dense K/V (with a window:
+    the keys p - window < key <= p of the query at position p)."""
+    specs = MIXED + [(64, 30)]  # a chunk whose queries' windows start in different blocks
+    q, k_cache, v_cache, meta, keys, values = make_batch(specs, 8, 2, 16, 8, torch.float32, "cpu")
+    expected = reference_out(q, k_cache, v_cache, meta, window)
     row = 0
-    for (ctx, q_len), k, v in zip(MIXED, keys, values):
+    for (ctx, q_len), k, v in zip(specs, keys, values):
         for j in range(q_len):
             visible = ctx - q_len + j + 1
-            kk = k[:visible].repeat_interleave(4, dim=1).transpose(0, 1)  # [H, L, D]
-            vv = v[:visible].repeat_interleave(4, dim=1).transpose(0, 1)
+            first = max(0, visible - window) if window else 0
+            kk = k[first:visible].repeat_interleave(4, dim=1).transpose(0, 1)  # [H, L, D]
+            vv = v[first:visible].repeat_interleave(4, dim=1).transpose(0, 1)
             scores = (q[row][:, None, :] @ kk.transpose(1, 2)).squeeze(1) * 16**-0.5
             dense = (scores.softmax(-1)[:, None, :] @ vv).squeeze(1)
             torch.testing.assert_close(expected[row], dense, atol=1e-5, rtol=1e-5)
@@ -137,6 +143,21 @@ def test_default_tile_longer_than_contexts(device: str) -> None:
 def test_odd_group_and_head_dim(device: str) -> None:
     """GQA ratio 3 (padded to 4 rows per token) and head dim 80 (padded to 128 lanes)."""
     check(MIXED, 3, 80, 8, torch.float32, device, 2)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3], ids=["single", "split"])
+@pytest.mark.parametrize("window", [5, 24])
+def test_sliding_window(window: int, num_splits: int, device: str) -> None:
+    """A sliding-window layer: prefill chunks whose rows' windows start in different tiles, decodes beside them,
+    windows longer than short contexts; split-KV partitions cut the window."""
+    check(MIXED + [(64, 30)], 4, 32, 8, torch.float32, device, num_splits, window=window)
+
+
+def test_sliding_window_decodes_split_by_heuristic(device: str) -> None:
+    """Few long decodes: the heuristic splits the window (not the whole context) into partitions that start
+    mid-block, wherever each sequence's window starts."""
+    assert choose_num_splits(3, 2, 1, 600, torch.device("cpu")) > 1
+    check([(1300, 1), (530, 1), (9, 1)], 4, 64, 16, torch.float16, device, None, block_n=None, window=597)
 
 
 def test_heuristic_splits_only_long_sparse_decodes() -> None:

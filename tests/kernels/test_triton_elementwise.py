@@ -1,8 +1,8 @@
-"""RMSNorm, rotary embedding, SiLU*mul and the KV-cache write against kernels.reference.
+"""RMSNorm, rotary embedding, SiLU*mul, GELU-tanh*mul and the KV-cache write against kernels.reference.
 
 Each kernel reproduces the reference's rounding points (e.g. the residual sum and the normalized
 value are rounded to the activation dtype), so tolerances are about one unit in the last place:
-  rms_norm / silu_and_mul / rotary: fp32 1e-5, fp16 2e-3 (abs and rel)
+  rms_norm / silu_and_mul / gelu_tanh_and_mul / rotary: fp32 1e-5, fp16 2e-3 (abs and rel)
   write_kv and the residual sum of rms_norm: exact
 """
 from __future__ import annotations
@@ -77,6 +77,26 @@ def test_silu_and_mul(inter: int, dtype: torch.dtype, device: str) -> None:
     assert_close(triton_ops.silu_and_mul(x), reference.silu_and_mul(x))
 
 
+@DTYPES
+@pytest.mark.parametrize("inter", [100, 1500])
+def test_gelu_tanh_and_mul(inter: int, dtype: torch.dtype, device: str) -> None:
+    """Gemma's activation, over gates large enough that tanh saturates both ways."""
+    x = (torch.randn(7, 2 * inter) * 4).to(dtype).to(device)
+    x[0, :6] = torch.tensor([-60.0, -9.0, 0.0, 1e-4, 9.0, 60.0], dtype=dtype)
+    assert_close(triton_ops.gelu_tanh_and_mul(x), reference.gelu_tanh_and_mul(x))
+
+
+@DTYPES
+def test_partial_rotary_on_leading_dims(dtype: torch.dtype, device: str) -> None:
+    """Partial rotary (Phi-4-mini): the leading rotary dims of strided q/k views, with a cache of that width."""
+    qkv = torch.randn(5, 4 + 2 * 2, 64).to(dtype).to(device)
+    q, k = qkv[:, :4, :32], qkv[:, 4:6, :32]
+    positions = torch.tensor([0, 3, 9, 63, 1], device=device)
+    cache = cos_sin_cache(64, 32).to(device)
+    for got, want in zip(triton_ops.rotary_embedding(positions, q, k, cache), reference.rotary_embedding(positions, q, k, cache)):
+        assert_close(got, want)
+
+
 @pytest.mark.parametrize(
     "src_dtype,cache_dtype",
     [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.float32, torch.float16)],
@@ -118,6 +138,8 @@ def test_dispatch_selects_triton_ops() -> None:
     assert dispatch.backend_for("cuda", "auto") is triton_ops
     assert dispatch.select_backend("triton", "cpu").supports_cuda_graphs
     assert not dispatch.select_backend("torch", "cuda").supports_cuda_graphs
-    for name in ("rms_norm", "rotary_embedding", "silu_and_mul", "write_kv", "paged_attention"):
-        assert callable(getattr(triton_ops, name))
+    for name in ("rms_norm", "rotary_embedding", "silu_and_mul", "gelu_tanh_and_mul", "write_kv", "paged_attention",
+                 "fused_moe"):
+        assert callable(getattr(triton_ops, name)) and callable(getattr(reference, name))
+        assert callable(getattr(cpu_attention, name))
 

@@ -77,3 +77,25 @@ def test_padded_decode_graph_inputs_on_triton(tmp_path: Path, device: str) -> No
     engine.runner.use_decode_graphs(4, engine.max_model_len, capture=False)
     assert [o.token_ids for o in llm.generate(prompts, params)] == want
     assert engine.runner.decode_graphs.context_lens[3].item() == 1
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mixtral"])
+def test_newer_families_on_triton_match_transformers(tmp_path_factory, device: str, arch: str) -> None:
+    """Gemma 3 (an 8-token window on layer 0, under prompts up to 90 tokens, chunked) and a mixture of experts
+    through the fused MoE kernel, on the Triton path, against transformers."""
+    from pagebatch.engine.llm import LLM
+    from pagebatch.engine.make_model import make_checkpoint
+    from pagebatch.engine.sampling_params import SamplingParams
+    from tests.engine.parity import compare_greedy, transformers_greedy
+
+    root = tmp_path_factory.getbasetemp() / f"triton-parity-{arch}"
+    if not (root / "config.json").exists():
+        extra = dict(sliding_window=8) if arch == "gemma3" else dict(num_experts=4, intermediate_size=32)
+        make_checkpoint(root, arch=arch, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, **extra)
+    prompts = [[7], list(range(3, 20)), list(range(200, 290)), list(range(40, 100)) + [5, 6]]
+    refs = transformers_greedy(str(root), prompts, max_new_tokens=5)
+    llm = LLM(str(root), dtype="float32", device=device, kernels="triton", max_num_batched_tokens=40, block_size=8)
+    assert llm.engine.model.ops is triton_ops
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5))
+    for note in compare_greedy(outs, refs):
+        warnings.warn(f"tolerated divergence at a near-tie: {note}", stacklevel=1)

@@ -60,7 +60,7 @@ def test_the_dry_run_passes_in_time(dry_run):
 def test_every_section_is_there_and_passed_or_skipped_with_a_reason(dry_run):
     report = dry_run[2]
     assert {"parity", "cuda_graphs", "torch_backend", "kernel_tests", "throughput_small", "throughput_large",
-            "decode_small", "prefill_small", "hbm_bandwidth", "matmul_peak", "attention", "models"} <= set(SECTIONS)
+            "decode_small", "prefill_small", "hbm_bandwidth", "matmul_peak", "attention", "models", "moe"} <= set(SECTIONS)
     assert list(report["sections"]) == list(SECTIONS)
     for name, section in report["sections"].items():
         assert section["status"] in ("pass", "skipped"), (name, section.get("error"), section.get("details"))
@@ -79,7 +79,14 @@ def test_the_sections_measured_what_they_say(dry_run):
     sections = dry_run[2]["sections"]
     assert sections["kernel_tests"]["figures"]["passed"] > 0 and sections["kernel_tests"]["figures"]["failed"] == 0
     assert sections["parity"]["figures"]["tokens_compared"] > 0 and sections["parity"]["figures"]["failures"] == 0
-    assert set(sections["parity"]["details"]["runs"]) >= {f"{a}/float32" for a in ("llama", "mistral", "qwen2", "qwen3")}
+    assert set(sections["parity"]["details"]["runs"]) >= {f"{a}/float32" for a in ("llama", "mistral", "qwen2", "qwen3",
+                                                                                    "qwen3_moe", "gemma3")}
+    assert sections["parity"]["figures"]["kernel_fallbacks"] == 0
+    moe = sections["moe"]
+    assert moe["figures"]["pagebatch_tok_s"] > 0 and moe["figures"]["speedup_vs_static"] > 0
+    assert moe["figures"]["moe_decode_step_ms"] > 0 and moe["figures"]["moe_over_dense_decode"] > 0
+    assert moe["details"]["serving_path"]["ops"]["fused_moe"] in ("cpu", "torch", "triton")  # the backend's own kernel
+    assert moe["details"]["serving_path"]["fallbacks"] == []
     for which in ("small", "large"):
         tp = sections[f"throughput_{which}"]
         systems = tp["details"]["systems"]
@@ -96,7 +103,7 @@ def test_the_sections_measured_what_they_say(dry_run):
 def test_the_targets_are_evaluated(dry_run):
     targets = dry_run[2]["targets"]
     assert set(targets) == {"throughput_vs_hf_static", "throughput_vs_hf_continuous", "decode_batch1_bandwidth_share",
-                            "paged_attention_vs_sdpa"}
+                            "paged_attention_vs_sdpa", "moe_decode_vs_dense"}
     for name, target in targets.items():
         assert isinstance(target["value"], (int, float)) and isinstance(target["met"], bool), (name, target)
         assert target["met"] == (target["value"] >= target["threshold"] if target["comparison"] == ">=" else target["value"] <= target["threshold"])

@@ -27,6 +27,11 @@ def test_metrics_move_when_a_batch_is_done(stack):
     assert value(before, "pagebatch_state_store_up") == 1
     assert value(before, "pagebatch_workers", model=model) == 1
     assert value(before, "pagebatch_engine_kv_blocks_total", model=model) > 0
+    # the worker's serving path: one implementation per op, decode steps eager on CPU, no kernel replaced
+    assert value(before, "pagebatch_engine_kernel", model=model, op="paged_attention") == 1
+    assert value(before, "pagebatch_engine_kernel", model=model, op="rms_norm", implementation="torch") == 1
+    assert value(before, "pagebatch_engine_cuda_graphs", model=model, state="off") == 1
+    assert value(before, "pagebatch_engine_kernel_fallbacks", model=model) == 0
 
     lines = [chat_line(f"m-{i}", model, f"describe item {i}", max_tokens=6) for i in range(12)]
     batch = submit(client, lines)
@@ -104,3 +109,35 @@ def test_latencies_survive_a_failed_flush_and_count_once(redis_server):
     assert cumulative[float("inf")] == 2  # 9000 s is past the last bucket
     assert dict(latency.histograms["queue_time"].cumulative)[0.01] == 1
     assert latency.finished == {"stop": 1, "length": 1, "abort": 1}
+
+
+def test_a_kernel_fallback_reaches_metrics(redis_server, tmp_path, monkeypatch):
+    """An engine whose compiled kernel failed its start-up self-check (the C++ decode attention, broken on purpose)
+    publishes its serving path, and /metrics' collector names the op and its torch fallback."""
+    import pytest
+    import redis
+
+    from pagebatch.engine.llm import LLM
+    from pagebatch.engine.make_model import make_checkpoint
+    from pagebatch.jobs.store import keys
+    from pagebatch.jobs.store.metrics import publish_snapshot
+    from pagebatch.jobs.store.metrics_collector import ServiceCollector
+    from pagebatch.kernels import cpu_attention
+
+    if not cpu_attention.available():
+        pytest.skip("CPU attention kernel could not be built")
+    correct = cpu_attention.paged_attention
+    monkeypatch.setattr(cpu_attention, "paged_attention", lambda *a, **k: correct(*a, **k) * 2.0)
+    llm = LLM(str(make_checkpoint(tmp_path / "m", arch="llama")), dtype="float32", device="cpu", kernels="cpu")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    worker = "fallback-worker"
+    publish_snapshot(client, worker, "fallback-model", llm.engine.stats(), 30, llm.engine.serving_path().as_dict())
+    try:
+        families = {f.name: f.samples for f in ServiceCollector(client).collect()}
+    finally:
+        client.delete(keys.named("stats", worker))
+    assert value(families, "pagebatch_engine_kernel", worker=worker, op="paged_attention",
+                 implementation="torch-fallback") == 1
+    assert value(families, "pagebatch_engine_kernel", worker=worker, op="rms_norm", implementation="torch") == 1
+    assert value(families, "pagebatch_engine_kernel_fallbacks", worker=worker) == 1
+    assert value(families, "pagebatch_engine_cuda_graphs", worker=worker, state="off") == 1
