@@ -6,14 +6,13 @@ done record (``svc.state.shards``, jobs/store/shard_ledger.py), its manifest and
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pagebatch.jobs.batch.manifest import Manifest
 from pagebatch.jobs.batch.results import ShardResult
 from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.bounded_cache import BoundedCache
 from pagebatch.jobs.pipeline.finalize import load_manifest
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.store import layout
@@ -31,33 +30,13 @@ class FinishedShard:
     load: Callable[[], ShardResult]  # raises storage.NotFound once finalize has cleaned up
 
 
-class _ManifestCache:
-    """A manifest never changes once written, so each process reads it once per batch."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: OrderedDict[str, Manifest] = OrderedDict()
-
-    def get(self, svc: Services, tenant: str, batch_id: str) -> Manifest | None:
-        with self._lock:
-            if batch_id in self._kept:
-                self._kept.move_to_end(batch_id)
-                return self._kept[batch_id]
-        manifest = load_manifest(svc, tenant, batch_id)
-        if manifest is not None:
-            with self._lock:
-                self._kept[batch_id] = manifest
-                while len(self._kept) > _MANIFESTS_KEPT:
-                    self._kept.popitem(last=False)
-        return manifest
-
-
-_manifests = _ManifestCache()
+# a manifest never changes once written, so each process reads it once per batch
+_manifests: BoundedCache[str, Manifest] = BoundedCache(_MANIFESTS_KEPT)
 
 
 def finished_shards(svc: Services, record: BatchRecord) -> list[FinishedShard]:
     """The batch's shards whose results are in storage now, in input-line order (the rejected lines first)."""
-    manifest = _manifests.get(svc, record.tenant, record.id)
+    manifest = _manifests.get(record.id, lambda: load_manifest(svc, record.tenant, record.id))
     if manifest is None:
         return []  # not prepared yet (or already cleaned up by finalize)
     done = svc.state.shards.done(record.id)

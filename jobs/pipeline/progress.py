@@ -9,9 +9,7 @@ final status.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +17,7 @@ from pagebatch.jobs.batch import lifecycle
 from pagebatch.jobs.batch.rates import RateWindow, eta_seconds
 from pagebatch.jobs.batch.results import ShardResult
 from pagebatch.jobs.batch.schema import BatchRecord
+from pagebatch.jobs.bounded_cache import BoundedCache
 from pagebatch.jobs.pipeline.finished_shards import FinishedShard, finished_shards
 from pagebatch.jobs.services import Services
 from pagebatch.jobs.store.storage import NotFound
@@ -60,28 +59,8 @@ def describe_error(text: str, line: int | None = None) -> str:
     return f"{name}: {error.get('code')}: {error.get('message')}"
 
 
-class _Summaries:
-    """Shard results never change once a shard is done: each API process reads each one once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[str, int | None], ShardSummary] = OrderedDict()
-
-    def get(self, batch_id: str, shard: FinishedShard) -> ShardSummary:
-        key = (batch_id, shard.index)
-        with self._lock:
-            if key in self._kept:
-                self._kept.move_to_end(key)
-                return self._kept[key]
-        summary = ShardSummary.of(shard.load())
-        with self._lock:
-            self._kept[key] = summary
-            while len(self._kept) > _SUMMARIES_KEPT:
-                self._kept.popitem(last=False)
-        return summary
-
-
-_summaries = _Summaries()
+# shard results never change once a shard is done: each API process reads each one once
+_summaries: BoundedCache[tuple[str, int | None], ShardSummary] = BoundedCache(_SUMMARIES_KEPT)
 
 
 @dataclass
@@ -117,7 +96,8 @@ class ProgressWatch:
             if shard.index in self.seen:
                 continue
             try:
-                summary: ShardSummary | None = _summaries.get(record.id, shard)
+                summary: ShardSummary | None = _summaries.get((record.id, shard.index),
+                                                              lambda s=shard: ShardSummary.of(s.load()))
             except NotFound:
                 summary = None  # finalize merged and removed it already: the final record has the totals
             self.seen[shard.index] = summary

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("kernels", "engine", "jobs", "api")
 # Inside jobs/: a module may import from its own group or a lower one, never from a higher one.
 JOBS_RANK = {"jobs.settings": 0, "jobs.logs": 0, "jobs.errors": 0, "jobs.periodic": 0, "jobs.retry": 0,
+             "jobs.bounded_cache": 0,
              "jobs.engine_host": 0,
              "jobs.batch": 1, "jobs.store": 2, "jobs.services": 3, "jobs.pipeline": 4, "jobs.worker": 5,
              "jobs.commands": 6}
