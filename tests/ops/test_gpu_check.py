@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_check_common import SECTIONS  # noqa: E402
 from gpu_check_correct import compare, parse_summary, shard  # noqa: E402
 
-DRY_RUN_LIMIT_S = 90
+DRY_RUN_LIMIT_S = 170  # the rehearsal takes under a minute on a quiet machine; the budget leaves room for a busy one
 
 
 def _no_nan(value: str):
@@ -35,7 +35,7 @@ def dry_run(tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is this interpreter
     started = time.monotonic()
     done = subprocess.run(
-        ["bash", str(SCRIPT), "--device", "cpu", "--quick", "--budget", "80", "--out", str(out), "--workdir", str(work)],
+        ["bash", str(SCRIPT), "--device", "cpu", "--quick", "--budget", "150", "--out", str(out), "--workdir", str(work)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=DRY_RUN_LIMIT_S + 30,
     )
     seconds = time.monotonic() - started
