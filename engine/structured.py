@@ -3,7 +3,7 @@
 The grammar engine is llguidance (``pip install 'pagebatch[structured]'``; imported only when a request has a
 grammar): its per-step mask and compile costs match xgrammar's, and it refuses the JSON-schema keywords it
 cannot enforce (``not``, ``uniqueItems``, ``if``/``then``, ...) instead of ignoring them, so an answer that ends
-always validates (scripts/bench_structured.py has the numbers).
+always validates (pagebatch.jobs.bench.structured has the numbers).
 
 - :class:`GrammarSpec` says what to constrain to: a frozen dataclass of strings, so SamplingParams can carry it
   and shards can store it (``dataclasses.asdict``; :meth:`GrammarSpec.coerce` rebuilds it from that dict).

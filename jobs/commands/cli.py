@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from pagebatch.jobs.batch.schema import ENDPOINTS
+from pagebatch.jobs.bench import BENCHMARKS
 
 # what `pagebatch make-model --arch` makes (engine.make_model.ARCHITECTURES; listed here so the parser does not
 # import transformers)
@@ -191,6 +192,12 @@ def _cmd_standalone(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pagebatch.jobs.bench import run_benchmark
+
+    return run_benchmark(args.name, args.options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagebatch", description="Batch inference for large language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--endpoint", default="/v1/chat/completions",
                        choices=list(ENDPOINTS))
     watch.set_defaults(func=_cmd_watch)
+
+    bench = sub.add_parser("bench", help="benchmarks and machine probes (pagebatch bench NAME --help)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="\n".join(f"  {name:14} {about}" for name, (_, about) in BENCHMARKS.items()))
+    bench.add_argument("name", choices=list(BENCHMARKS))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

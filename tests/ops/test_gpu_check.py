@@ -15,10 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"  # the device's one command, rehearsed
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from gpu_check_common import SECTIONS  # noqa: E402
-from gpu_check_correct import compare, parse_summary, shard  # noqa: E402
+from pagebatch.jobs.bench.gpu_check.common import SECTIONS
+from pagebatch.jobs.bench.gpu_check.correct import compare, parse_summary, shard
 
 DRY_RUN_LIMIT_S = 170  # the rehearsal takes under a minute on a quiet machine; the budget leaves room for a busy one
 

@@ -16,7 +16,7 @@ JOBS_RANK = {"jobs.settings": 0, "jobs.logs": 0, "jobs.errors": 0, "jobs.periodi
              "jobs.bounded_cache": 0,
              "jobs.engine_host": 0,
              "jobs.batch": 1, "jobs.store": 2, "jobs.services": 3, "jobs.pipeline": 4, "jobs.worker": 5,
-             "jobs.commands": 6}
+             "jobs.commands": 6, "jobs.bench": 6}
 
 
 def module_name(path: Path) -> str:

@@ -3,14 +3,14 @@ pagebatch's throughput on it against transformers ``generate`` (static batches),
 batch 48 against the dense Qwen3 whose one MLP is as wide as the experts a token uses (the same active parameters),
 engines alternated, best of rounds. What serves it (the fused MoE kernel, CUDA graphs) is recorded too.
 
-Reuses scripts/bench_workloads.py (fill_engine, decode_steps) and bench_engine.py (static_run) by import.
+Reuses jobs/bench/workloads.py (fill_engine, decode_steps) and engine.py (static_run) by import.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from gpu_check_common import Recorder, Section, free_memory, greedy, log, make_llm, random_prompts, sync
+from pagebatch.jobs.bench.gpu_check.common import Recorder, Section, free_memory, greedy, log, make_llm, random_prompts, sync
 
 
 def _serving_path(llm) -> dict:
@@ -43,7 +43,7 @@ class MoeCheck:
                         kv_cache_memory=self.p["kv_small"], max_model_len=self.p["max_model_len"])
 
     def throughput(self, sec: Section, path: Path) -> None:
-        from bench_engine import run_static, workload
+        from pagebatch.jobs.bench.engine import run_static, workload
 
         n = self.p["moe_requests"]
         prompts, outputs = workload(n, 500, seed=0)
@@ -82,7 +82,7 @@ class MoeCheck:
         free_memory()
 
     def decode_vs_dense(self, sec: Section, paths: dict[str, Path]) -> None:
-        from bench_workloads import decode_budget, decode_steps, fill_engine, fixed_length_prompts
+        from pagebatch.jobs.bench.workloads import decode_budget, decode_steps, fill_engine, fixed_length_prompts
 
         batch, steps, rounds = self.p["moe_batch"], 4, self.p["moe_rounds"]
         prompts = fixed_length_prompts(random_prompts(batch, (64, 128), 500, seed=5), batch, self.p["moe_context"])

@@ -1,7 +1,7 @@
 """The card's limits for scripts/gpu_check.py: device-to-device copy bandwidth, bf16 matmul peak, and paged
 attention against SDPA on the same K/V.
 
-Reuses scripts/bench_engine.py (matmul_peak_flops) and scripts/bench_kernels.py (paged_batch, sdpa_fn, bench).
+Reuses jobs/bench/engine.py (matmul_peak_flops) and jobs/bench/kernels.py (paged_batch, sdpa_fn, bench).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from gpu_check_common import Recorder, Section, free_memory, log, sync, time_fn
+from pagebatch.jobs.bench.gpu_check.common import Recorder, Section, free_memory, log, sync, time_fn
 
 
 def hbm_bandwidth(sec: Section, p: dict, device: str) -> None:
@@ -33,7 +33,7 @@ def hbm_bandwidth(sec: Section, p: dict, device: str) -> None:
 
 def matmul_peak(sec: Section, p: dict, device: str) -> None:
     import torch
-    from bench_engine import matmul_peak_flops
+    from pagebatch.jobs.bench.engine import matmul_peak_flops
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     n = p["matmul_n"]
@@ -60,7 +60,7 @@ def kernel_ops(device: str):
 def attention(sec: Section, p: dict, device: str) -> None:
     """Paged attention (the engine's kernel) vs F.scaled_dot_product_attention on the same K/V laid out contiguously."""
     import torch
-    from bench_kernels import paged_batch, sdpa_fn
+    from pagebatch.jobs.bench.kernels import paged_batch, sdpa_fn
 
     a = p["attn"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

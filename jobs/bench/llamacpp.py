@@ -1,4 +1,4 @@
-"""llama.cpp's llama-server as one more system in scripts/bench_engine.py (--llama-cpp DIR).
+"""llama.cpp's llama-server as one more system in jobs/bench/engine.py (--llama-cpp DIR).
 
 DIR holds bin/llama-server and bin/llama-quantize (``bash scripts/build_llamacpp.sh`` builds them for this CPU).
 The server runs the same weights as pagebatch: the workload's GGUF file requantized (dequantized) by
@@ -18,8 +18,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_service import free_port
-from bench_workloads import Run, Workload
+from pagebatch.jobs.bench.service import free_port
+from pagebatch.jobs.bench.workloads import Run, Workload
 from pagebatch.engine.models.gguf import MARKER
 
 GGUF_TYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

@@ -19,9 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[3]  # the repository (tests/kernels)
 
 # Every section the report carries, in the order the summary prints them.
 SECTIONS = (
@@ -208,7 +206,7 @@ def sync(device: str) -> None:
 def time_fn(fn: Callable[[], object], device: str, min_s: float = 0.05) -> float:
     """Median seconds of one call: triton.testing.do_bench on CUDA (bench_kernels.bench), a timed loop elsewhere."""
     if device.startswith("cuda"):
-        from bench_kernels import bench
+        from pagebatch.jobs.bench.kernels import bench
 
         return bench(fn) / 1e3
     fn()

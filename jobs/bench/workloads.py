@@ -1,4 +1,4 @@
-"""The workloads scripts/bench_engine.py measures, and what it counts about them (FLOPs, JSON validity).
+"""The workloads jobs/bench/engine.py measures, and what it counts about them (FLOPs, JSON validity).
 
 - synthetic: random token ids on a random 28M Llama (made here; or another architecture of the same size, a
   mixture of experts with as many active parameters), every request generating exactly the output tokens it asks

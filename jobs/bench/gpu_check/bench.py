@@ -1,7 +1,7 @@
 """Measurement sections of scripts/gpu_check.py: the random checkpoints, throughput against transformers,
 batch-1 decode against bandwidth and prefill against matmul peak.
 
-Reuses scripts/bench_engine.py (workload, _hf_model, run_static, run_continuous) by import.
+Reuses jobs/bench/engine.py (workload, _hf_model, run_static, run_continuous) by import.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from gpu_check_common import (
+from pagebatch.jobs.bench.gpu_check.common import (
     Recorder,
     Section,
     checkpoint_stats,
@@ -106,7 +106,7 @@ def run_models(recorder: Recorder, p: dict, device: str, workdir: Path, deadline
 def workloads(p: dict, n: int, vocab: int) -> dict[str, tuple[list[list[int]], list[int]]]:
     """bench_engine's mixed workload (32-384 prompt tokens, 16-160 output tokens), and the same output lengths
     behind one shared prefix (a system prompt) with short distinct suffixes."""
-    from bench_engine import workload
+    from pagebatch.jobs.bench.engine import workload
 
     prompts, outputs = workload(n, vocab, seed=0)
     if p["prompt_len"]:
@@ -207,7 +207,7 @@ class Throughput:
 
     # transformers ------------------------------------------------------------------------------------------
     def hf(self, sec: Section, loads: dict) -> None:
-        import bench_engine as be
+        import pagebatch.jobs.bench.engine as be
 
         dev, dt = self.device, self.dtype
         box = {}

@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-from gpu_check_common import (
+from pagebatch.jobs.bench.gpu_check.common import (
     PARITY_EXTRA, ROOT, Recorder, Section, Skip, free_memory, graphs_active, greedy, kernel_backend, log, make_llm,
     random_prompts, sync,
 )

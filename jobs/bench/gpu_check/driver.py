@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_check_common import CHILDREN, ROOT, SECTIONS, Recorder, Section
+from pagebatch.jobs.bench.gpu_check.common import CHILDREN, ROOT, SECTIONS, Recorder, Section
 
 TARGETS = [  # (name, section, figure, comparison, threshold, what)
     ("throughput_vs_hf_static", "throughput_small", "speedup_vs_static", ">=", 10.0,
@@ -139,7 +139,7 @@ def env_section(sec: Section, args) -> None:
 
 
 def kernel_tests_jobs(args, workdir: Path, deadline: float, sec: Section) -> list[Job]:
-    from gpu_check_correct import collect, pytest_base, shard
+    from pagebatch.jobs.bench.gpu_check.correct import collect, pytest_base, shard
 
     cuda = args.device.startswith("cuda")
     targets = ["tests/kernels"] if (cuda or not args.quick) else ["tests/kernels/test_triton_elementwise.py"]
@@ -158,7 +158,7 @@ def kernel_tests_jobs(args, workdir: Path, deadline: float, sec: Section) -> lis
 
 
 def kernel_tests_result(sec: Section, jobs: list[Job]) -> None:
-    from gpu_check_correct import failed_ids, parse_summary
+    from pagebatch.jobs.bench.gpu_check.correct import failed_ids, parse_summary
 
     totals: dict[str, int] = {}
     failures, shards = [], []

@@ -1,0 +1,184 @@
+"""Throughput of the full service stack against `pagebatch run`, on the same workload, in one run.
+
+    python jobs/bench/service.py [--requests 2000] [--max-tokens 48] [--preset small] [--storage moto|local]
+
+In-process: `pagebatch run INPUT --model M --out DIR` (its own timing, model load excluded).
+Stack: redis-server + S3 (moto's server, or a local directory) + `pagebatch api` + one `pagebatch worker`,
+driven by the openai SDK: upload, create, poll until completed, download the output (warm worker).
+Both run on this machine, alternating --repeats times; the ratio compares the best run of each.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+WORDS = ("the a of batch model token prompt cache block queue worker result label summary document review "
+         "positive negative neutral price quality delivery fast slow storage engine latency").split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pagebatch_cmd() -> list[str]:
+    exe = shutil.which("pagebatch")
+    return [exe] if exe else [sys.executable, "-m", "pagebatch.jobs.commands.cli"]
+
+
+def write_workload(path: Path, model: str, requests: int, max_tokens: int) -> None:
+    rng = random.Random(0)
+    with path.open("w") as f:
+        for i in range(requests):
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+            body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+                    "temperature": 0.8, "seed": i, "ignore_eos": True}  # fixed lengths: both sides do equal work
+            f.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": body}) + "\n")
+
+
+def run_in_process(workload: Path, model: Path, out: Path) -> dict:
+    done = subprocess.run([*pagebatch_cmd(), "run", str(workload), "--model", str(model), "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, check=True)
+    seconds = float(re.search(r"generated in ([0-9.]+)s", done.stdout).group(1))
+    batch = json.loads((out / "batch.json").read_text())
+    return {"seconds": seconds, "completed": batch["request_counts"]["completed"],
+            "output_tokens": batch["usage"]["output_tokens"]}
+
+
+def wait(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def run_stack(workload: Path, model: Path, workdir: Path, storage: str, concurrency: int, shard_size: int,
+              log_level: str = "WARNING") -> dict:
+    from openai import OpenAI
+
+    procs: list[subprocess.Popen] = []
+    moto = None
+    redis_port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEBATCH_")}
+    env.update({"PAGEBATCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PAGEBATCH_API_KEYS": "bench-key=bench",
+                "PAGEBATCH_SHARD_SIZE": str(shard_size), "PAGEBATCH_LOG_LEVEL": log_level})
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        procs.append(subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL))
+        wait(lambda: redis.Redis(port=redis_port).ping(), 10, "redis-server")
+        if storage == "moto":
+            import logging
+
+            import boto3
+            from moto.server import ThreadedMotoServer
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            moto_port = free_port()
+            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+            moto.start()
+            aws = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{moto_port}", "AWS_ACCESS_KEY_ID": "bench",
+                   "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+            boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL_S3"], aws_access_key_id="bench",
+                         aws_secret_access_key="bench", region_name="us-east-1").create_bucket(Bucket="bench")
+            env.update(aws, PAGEBATCH_STORAGE="s3://bench/pagebatch")
+        else:
+            env["PAGEBATCH_STORAGE"] = str(workdir / "storage")
+        logs = (workdir / "stack.log").open("w")
+        procs.append(subprocess.Popen([*pagebatch_cmd(), "api", "--port", str(api_port)], env=env, stdout=logs,
+                                      stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen([*pagebatch_cmd(), "worker", "--model", str(model), "--concurrency",
+                                       str(concurrency)], env=env, stdout=logs, stderr=subprocess.STDOUT))
+        wait(lambda: httpx.get(f"http://127.0.0.1:{api_port}/healthz").json()["workers"], 120, "api and worker")
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="bench-key")
+        started = time.perf_counter()
+        file = client.files.create(file=(workload.name, io.BytesIO(workload.read_bytes())), purpose="batch")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        while batch.status not in ("completed", "failed", "cancelled", "expired"):
+            time.sleep(0.2)
+            batch = client.batches.retrieve(batch.id)
+        output = client.files.content(batch.output_file_id).content if batch.output_file_id else b""
+        seconds = time.perf_counter() - started
+        assert batch.status == "completed", batch
+        return {"seconds": seconds, "completed": batch.request_counts.completed,
+                "output_tokens": batch.usage.output_tokens, "output_lines": output.count(b"\n")}
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if moto is not None:
+            moto.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "bench"])
+    parser.add_argument("--storage", default="moto", choices=["moto", "local"])
+    parser.add_argument("--concurrency", type=int, default=4, help="worker shard concurrency")
+    parser.add_argument("--shard-size", type=int, default=200)
+    parser.add_argument("--log-level", default="WARNING", help="the stack's PAGEBATCH_LOG_LEVEL")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternate the two runs this many times and compare the best of each "
+                             "(this machine is shared: the best run is the least disturbed one)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="pagebatch-bench-") as tmp:
+        workdir = Path(tmp)
+        model = workdir / f"bench-{args.preset}"
+        subprocess.run([*pagebatch_cmd(), "make-model", str(model), "--preset", args.preset], check=True,
+                       capture_output=True)
+        workload = workdir / "workload.jsonl"
+        write_workload(workload, model.name, args.requests, args.max_tokens)
+
+        local_runs, stack_runs = [], []
+        for n in range(args.repeats):
+            local_runs.append(run_in_process(workload, model, workdir / f"inproc-{n}"))
+            stack_runs.append(run_stack(workload, model, workdir / f"stack-{n}", args.storage, args.concurrency,
+                                        args.shard_size, args.log_level))
+            print(f"round {n + 1}: in-process {local_runs[-1]['seconds']:.2f}s, stack {stack_runs[-1]['seconds']:.2f}s",
+                  flush=True)
+        local = min(local_runs, key=lambda r: r["seconds"])
+        stack = min(stack_runs, key=lambda r: r["seconds"])
+
+    stack_name = "stack (api + 1 worker, moto S3)" if args.storage == "moto" else "stack (api + 1 worker, local dir)"
+    for name, r in (("in-process (pagebatch run)", local), (stack_name, stack)):
+        print(f"{name:40s} {r['completed']} requests, {r['output_tokens']} tokens in {r['seconds']:.2f}s: "
+              f"{r['completed'] / r['seconds']:.1f} req/s, {r['output_tokens'] / r['seconds']:.0f} tok/s")
+    ratio = (stack["completed"] / stack["seconds"]) / (local["completed"] / local["seconds"])
+    print(f"stack / in-process throughput: {ratio:.3f} ({'within' if ratio >= 0.9 else 'NOT within'} 10%)")
+    print(json.dumps({"in_process": local, "stack": stack, "ratio": round(ratio, 4), **vars(args),
+                      "all_seconds": {"in_process": [r["seconds"] for r in local_runs],
+                                      "stack": [round(r["seconds"], 2) for r in stack_runs]}}))
+    complete = all(r["completed"] == args.requests for r in local_runs + stack_runs)
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
