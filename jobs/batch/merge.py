@@ -34,12 +34,16 @@ class MergedCounts:
         self.completed += result.completed
         self.failed += result.failed
         self.expired = self.expired or result.stopped == "batch_expired"
-        for _, text in result.usage:
-            self.totals.add_line(text)
+        self.totals.merge(result.usage_totals())
 
 
 def _items(result: ShardResult) -> Iterator[_Item]:
-    return heapq.merge(*([(n, i, text) for n, text in result.in_line_order(kind)] for i, kind in enumerate(KINDS)))
+    return heapq.merge(*(_tagged(result, i, kind) for i, kind in enumerate(KINDS)))
+
+
+def _tagged(result: ShardResult, index: int, kind: str) -> Iterator[_Item]:
+    for n, text in result.in_line_order(kind):
+        yield n, index, text
 
 
 def merge_results(sources: Iterable[Source], output: TextIO, errors: TextIO, usage: TextIO) -> MergedCounts:

@@ -4,7 +4,7 @@ A line is parsed when its file is validated; the parsed request is what a shard 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any
 
 from pagebatch.engine.sampling_params import SamplingParams
@@ -55,11 +55,8 @@ class EngineRequest:
 
     def to_spec(self) -> GenerateSpec:
         """The request as a shard stores it (jobs/batch/shard_input.py); fields are copied by name."""
-        sampling = asdict(self.params)  # the GrammarSpec in ``structured`` becomes its dict too
-        unknown = set(sampling) - set(SamplingSpec.model_fields)
-        if unknown:
-            raise TypeError(f"SamplingSpec lacks SamplingParams fields {sorted(unknown)}: add them to the shard schema")
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        sampling = _sampling_fields(self.params)
+        own = {name: getattr(self, name) for name in _OWN_FIELDS}
         return GenerateSpec(sampling=SamplingSpec(**sampling), **own)
 
     @classmethod
@@ -77,6 +74,24 @@ class EngineRequest:
         if index == 0 or self.params.seed is None:
             return self.params
         return replace(self.params, seed=derived_seed(self.params.seed, index))
+
+
+_OWN_FIELDS = tuple(f.name for f in fields(EngineRequest) if f.name != "params")
+_SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
+
+
+def _sampling_fields(params: SamplingParams) -> dict[str, Any]:
+    """SamplingParams as SamplingSpec's keyword arguments: a nested dataclass (the GrammarSpec in ``structured``,
+    the ToolCalling in ``tools``) becomes its dict; other values are passed as they are, since SamplingSpec copies
+    them (``asdict`` would deep-copy every prompt-sized list first, the largest cost of writing a shard)."""
+    unknown = set(_SAMPLING_FIELDS) - set(SamplingSpec.model_fields)
+    if unknown:
+        raise TypeError(f"SamplingSpec lacks SamplingParams fields {sorted(unknown)}: add them to the shard schema")
+    values = {}
+    for name in _SAMPLING_FIELDS:
+        value = getattr(params, name)
+        values[name] = asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+    return values
 
 
 def check_parameters(body: dict[str, Any], allowed: set[str], unsupported: dict[str, str],

@@ -70,6 +70,13 @@ class ShardResult:
     def in_line_order(self, kind: str) -> list[Entry]:
         return sorted(getattr(self, kind))
 
+    def usage_totals(self) -> "UsageTotals":
+        """The sum of this result's usage records."""
+        totals = UsageTotals()
+        for _, text in self.usage:
+            totals.add_line(text)
+        return totals
+
     def add_rejected(self, ctx: RequestContext, rejected: RejectedLine) -> None:
         ids = LineIds.of(ctx.batch_id, rejected.line)
         self.add_error(request_error_line(ids, rejected.custom_id, rejected.error),
@@ -126,6 +133,11 @@ class UsageTotals:
         self.prompt += record.prompt_tokens
         self.cached += record.cached_tokens
         self.completion += record.completion_tokens
+
+    def merge(self, other: "UsageTotals") -> None:
+        self.prompt += other.prompt
+        self.cached += other.cached
+        self.completion += other.completion
 
     def add_line(self, raw: str) -> None:
         data = json.loads(raw)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import signal
+import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,26 +104,19 @@ def _run(settings: Settings, input_path: Path, model_path: str, out_dir: Path, r
     limits = Limits(settings.max_batch_bytes, settings.max_batch_lines, settings.max_line_bytes,
                     settings.default_max_tokens)
     done_lines = {line for line, _ in finished.usage}
-    rejected, jobs = ShardResult(), []
+    rejected = ShardResult()
+    most_lines = _most_lines(input_path)
+    valid = ValidLines(input_path, endpoint, model, limits, ctx, rejected, skip=done_lines)
     try:
         check_size(input_path.stat().st_size, limits)
-        with input_path.open("rb") as f:
-            lines = (raw.rstrip(b"\r\n") for raw in f)
-            for verdict in check_lines(lines, endpoint=endpoint, known_models={model}, limits=limits):
-                if isinstance(verdict, RejectedLine):
-                    rejected.add_rejected(ctx, verdict)
-                elif verdict.line not in done_lines:
-                    jobs.append(verdict)
+        if most_lines > limits.max_batch_lines:  # perhaps too many: find out before running any of them
+            for _ in check_lines(_file_lines(input_path), endpoint=endpoint, known_models={model}, limits=limits):
+                pass
+        valid.read_first()  # an empty file, or one with no JSON object, fails here: before the model loads
     except FileError as e:
-        record.errors = BatchErrors(data=[BatchError(code=e.code, message=e.message, line=e.line)])
-        lifecycle.apply(record, Event.FAIL)
-        write_result_files([], out_dir)
-        _write_batch_json(out_dir, record)
-        if journal is not None:
-            journal.remove()
-        return RunReport(record, 0.0, 0.0)
+        valid.close()
+        return _fail_file(record, e, out_dir, journal)
 
-    record.request_counts.total = len(jobs) + len(done_lines) + rejected.failed
     lifecycle.apply(record, Event.START)
     journal = journal or RunJournal.start(out_dir, record, digest)
     try:
@@ -129,15 +124,23 @@ def _run(settings: Settings, input_path: Path, model_path: str, out_dir: Path, r
         options = options or EngineOptions()
         loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name)
         load_seconds = time.perf_counter() - load_started
-        try:
-            result = _execute_with_progress(loop, jobs, ctx, endpoint, model, show_progress,
-                                            window=WINDOW_PER_SEQ * options.max_num_seqs,
-                                            result=JournaledResult(journal), already=len(done_lines))
-        finally:
-            loop.close()
-        record.cancel_requested = result.stopped == "batch_cancelled"
-        lifecycle.apply(record, Event.FINALIZE)
-        merged: MergedCounts = write_result_files([loaded(rejected), loaded(finished), loaded(result)], out_dir)
+        with tempfile.TemporaryDirectory(prefix=".spill-", dir=out_dir) as spill_dir:
+            try:
+                # Lines are validated as the engine asks for more: the file is read once, and never held whole.
+                result = _execute_with_progress(loop, valid, ctx, endpoint, model, show_progress,
+                                                window=WINDOW_PER_SEQ * options.max_num_seqs,
+                                                result=JournaledResult(journal, Path(spill_dir)),
+                                                total=max(0, most_lines - len(done_lines)), already=len(done_lines))
+            finally:
+                loop.close()
+                valid.close()
+            if valid.error is not None:
+                journal.remove()
+                return _fail_file(record, valid.error, out_dir, None)
+            record.request_counts.total = valid.count + len(done_lines) + rejected.failed
+            record.cancel_requested = result.stopped == "batch_cancelled"
+            lifecycle.apply(record, Event.FINALIZE)
+            merged: MergedCounts = write_result_files([loaded(rejected), loaded(finished), loaded(result)], out_dir)
         lifecycle.apply(record, conclude(record, merged, {kind: f"{kind}.jsonl" for kind in RESULT_KINDS}))
         _write_batch_json(out_dir, record)
         if result.stopped is None:
@@ -148,13 +151,81 @@ def _run(settings: Settings, input_path: Path, model_path: str, out_dir: Path, r
     return RunReport(record, load_seconds, time.perf_counter() - started - load_seconds)
 
 
-def _execute_with_progress(loop: EngineHandle, jobs: list[ValidLine], ctx: RequestContext, endpoint: str, model: str,
-                           show_progress: bool, window: int, result: ShardResult, already: int = 0) -> ShardResult:
+class ValidLines:
+    """The lines of the input file to run, validated as they are asked for; rejected lines go to ``rejected``,
+    lines in ``skip`` (finished by an interrupted run) are passed over. A FileError met while iterating ends the
+    lines and is kept in ``error``."""
+
+    def __init__(self, path: Path, endpoint: str, model: str, limits: Limits, ctx: RequestContext,
+                 rejected: ShardResult, skip: set[int]) -> None:
+        self._file = path.open("rb")
+        self._verdicts = check_lines((raw.rstrip(b"\r\n") for raw in self._file), endpoint=endpoint,
+                                     known_models={model}, limits=limits)
+        self.ctx, self.rejected, self.skip = ctx, rejected, skip
+        self.count = 0  # lines handed out to run
+        self.error: FileError | None = None
+        self._first: ValidLine | None = None
+
+    def read_first(self) -> None:
+        """Read up to the first line to run; FileError if the file is empty or holds no JSON object."""
+        self._first = self._next()
+
+    def _next(self) -> ValidLine | None:
+        for verdict in self._verdicts:
+            if isinstance(verdict, RejectedLine):
+                self.rejected.add_rejected(self.ctx, verdict)
+            elif verdict.line not in self.skip:
+                self.count += 1
+                return verdict
+        return None
+
+    def __iter__(self) -> Iterator[ValidLine]:
+        job, self._first = self._first, None
+        try:
+            while job is not None:
+                yield job
+                job = self._next()
+        except FileError as e:
+            self.error = e
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _file_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for raw in f:
+            yield raw.rstrip(b"\r\n")
+
+
+def _most_lines(path: Path) -> int:
+    """An upper bound on the file's requests, from its line breaks (counted a MiB at a time)."""
+    count, last = 0, b"\n"
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _fail_file(record: BatchRecord, error: FileError, out_dir: Path, journal: RunJournal | None) -> RunReport:
+    record.errors = BatchErrors(data=[BatchError(code=error.code, message=error.message, line=error.line)])
+    lifecycle.apply(record, Event.FAIL)
+    write_result_files([], out_dir)
+    _write_batch_json(out_dir, record)
+    if journal is not None:
+        journal.remove()
+    return RunReport(record, 0.0, 0.0)
+
+
+def _execute_with_progress(loop: EngineHandle, jobs: Iterable[ValidLine], ctx: RequestContext, endpoint: str,
+                           model: str, show_progress: bool, window: int, result: ShardResult, total: int,
+                           already: int = 0) -> ShardResult:
     interrupted = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())  # Ctrl-C: abort, keep what finished
-    bar = tqdm(total=len(jobs) + already, initial=already, unit="req", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(total=total + already, initial=already, unit="req", disable=not show_progress, dynamic_ncols=True)
 
     def progress(completed: int, failed: int) -> None:
         bar.update(already + completed + failed - bar.n)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pagebatch.jobs.batch.results import ShardResult, jsonl_line
 from pagebatch.jobs.batch.schema import BatchRecord, UsageRecord
+from pagebatch.jobs.batch.spilling_result import SpillingResult
 from pagebatch.jobs.pipeline.execute import STOP_MESSAGES
 
 JOURNAL_NAME = "journal.jsonl"
@@ -147,15 +148,16 @@ def _locked(fd: int, out_dir: Path) -> int:
     return fd
 
 
-class JournaledResult(ShardResult):
-    """A ShardResult that writes each finished line to the journal as it is added.
+class JournaledResult(SpillingResult):
+    """A result that writes each finished line to the journal as it is added (and holds a bounded number of them
+    in memory: the rest wait for the merge in sorted run files under ``spill_dir``).
 
     Lines the run stopped before finishing (cancelled by Ctrl-C: aborted or never started) are kept in the
     result, for this run's files, but not journaled, so a resumed run computes them.
     """
 
-    def __init__(self, journal: RunJournal) -> None:
-        super().__init__()
+    def __init__(self, journal: RunJournal, spill_dir: Path) -> None:
+        super().__init__(spill_dir)
         self.journal = journal
 
     def add_output(self, line: dict[str, Any], usage: UsageRecord) -> None:

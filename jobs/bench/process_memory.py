@@ -1,0 +1,72 @@
+"""Peak resident memory of named process trees, sampled from /proc (via psutil) while a benchmark runs.
+
+A process's own peak (VmHWM) misses its children, and a tree's peak is not the sum of its members' peaks,
+so a background thread sums each tree's current RSS every ``interval_s`` and keeps the largest sum seen.
+"""
+from __future__ import annotations
+
+import threading
+
+import psutil
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants now (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in members:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class PeakRss:
+    """Samples the RSS of each watched process tree until stopped; ``peaks`` maps each name to its peak in bytes."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.peaks: dict[str, int] = {}
+        self._pids: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        with self._lock:
+            self._pids[name] = pid
+            self.peaks.setdefault(name, 0)
+        self._sample(name, pid)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sample_all()
+        self._stop.set()
+        self._thread.join()
+
+    def sample_all(self) -> None:
+        with self._lock:
+            watched = list(self._pids.items())
+        for name, pid in watched:
+            self._sample(name, pid)
+
+    def _sample(self, name: str, pid: int) -> None:
+        rss = tree_rss(pid)
+        with self._lock:
+            self.peaks[name] = max(self.peaks.get(name, 0), rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample_all()
+
+    def mib(self) -> dict[str, float]:
+        with self._lock:
+            return {name: round(peak / 2**20, 1) for name, peak in self.peaks.items()}
