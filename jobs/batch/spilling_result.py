@@ -24,9 +24,9 @@ DEFAULT_LIMIT = 20_000  # entries held before a spill: a few MiB of result text
 class SpillingResult(ShardResult):
     """A ShardResult whose entries spill to sorted run files in ``directory`` (which the caller owns)."""
 
-    def __init__(self, directory: Path, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, directory: Path, limit: int | None = None) -> None:
         super().__init__()
-        self.directory, self.limit = directory, limit
+        self.directory, self.limit = directory, DEFAULT_LIMIT if limit is None else limit
         self.totals = UsageTotals()
         self._runs: dict[str, list[Path]] = {kind: [] for kind in KINDS}
         self._spills = itertools.count()

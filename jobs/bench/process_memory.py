@@ -6,6 +6,7 @@ so a background thread sums each tree's current RSS every ``interval_s`` and kee
 from __future__ import annotations
 
 import threading
+import time
 
 import psutil
 
@@ -29,9 +30,11 @@ def tree_rss(pid: int) -> int:
 class PeakRss:
     """Samples the RSS of each watched process tree until stopped; ``peaks`` maps each name to its peak in bytes."""
 
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float = 0.1, timeline_s: float = 10.0) -> None:
+        self.interval_s, self.timeline_s = interval_s, timeline_s
         self.peaks: dict[str, int] = {}
+        # every timeline_s: each tree's RSS then, in MiB (does it grow with the lines done, or level off?)
+        self.timeline: list[dict[str, float]] = []
         self._pids: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -64,8 +67,15 @@ class PeakRss:
             self.peaks[name] = max(self.peaks.get(name, 0), rss)
 
     def _run(self) -> None:
+        started = next_mark = time.monotonic()
         while not self._stop.wait(self.interval_s):
             self.sample_all()
+            if time.monotonic() >= next_mark:
+                next_mark += self.timeline_s
+                with self._lock:
+                    watched = list(self._pids.items())
+                mark = {name: round(tree_rss(pid) / 2**20, 1) for name, pid in watched}
+                self.timeline.append({"t": round(time.monotonic() - started), **mark})
 
     def mib(self) -> dict[str, float]:
         with self._lock:

@@ -73,7 +73,8 @@ def run_in_process(workload: Path, model: Path, out: Path) -> dict:
     seconds = float(re.search(r"generated in ([0-9.]+)s", stdout).group(1))
     batch = json.loads((out / "batch.json").read_text())
     return {"seconds": seconds, "completed": batch["request_counts"]["completed"],
-            "output_tokens": batch["usage"]["output_tokens"], "peak_rss_mib": memory.mib()}
+            "output_tokens": batch["usage"]["output_tokens"], "peak_rss_mib": memory.mib(),
+            "rss_timeline_mib": memory.timeline}
 
 
 def wait(check, timeout: float, what: str) -> None:
@@ -165,7 +166,7 @@ def run_stack(workload: Path, model: Path, workdir: Path, storage: str, concurre
         return {"seconds": seconds, "completed": batch.request_counts.completed,
                 "output_tokens": batch.usage.output_tokens, "output_lines": output_lines,
                 "phases_s": phases(started, uploaded, seen, finished, started + seconds),
-                "peak_rss_mib": memory.mib()}
+                "peak_rss_mib": memory.mib(), "rss_timeline_mib": memory.timeline}
     finally:
         memory.__exit__(None, None, None)
         for profiler in profilers:
