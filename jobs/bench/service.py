@@ -62,10 +62,18 @@ def write_workload(path: Path, model: str, requests: int, max_tokens: int) -> No
                                 "body": body}) + "\n")
 
 
-def run_in_process(workload: Path, model: Path, out: Path) -> dict:
+def workload_limits(workload: Path, requests: int) -> dict[str, str]:
+    """Settings that admit the workload whole (the defaults stop at OpenAI's 50,000 lines and 200 MiB)."""
+    size = str(max(workload.stat().st_size, 200 * 2**20))
+    return {"PAGEBATCH_MAX_BATCH_LINES": str(max(requests, 50_000)), "PAGEBATCH_MAX_BATCH_BYTES": size,
+            "PAGEBATCH_MAX_UPLOAD_BYTES": size}
+
+
+def run_in_process(workload: Path, model: Path, out: Path, limits: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEBATCH_")} | limits
     with PeakRss() as memory:
         proc = subprocess.Popen([*pagebatch_cmd(), "run", str(workload), "--model", str(model), "--out", str(out),
-                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         memory.watch("run", proc.pid)
         stdout, stderr = proc.communicate()
     if proc.returncode != 0:
@@ -97,7 +105,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen:
 
 
 def run_stack(workload: Path, model: Path, workdir: Path, storage: str, concurrency: int, shard_size: int,
-              log_level: str = "WARNING", profile: Path | None = None) -> dict:
+              log_level: str = "WARNING", profile: Path | None = None, limits: dict[str, str] | None = None) -> dict:
     from openai import OpenAI
 
     procs: list[subprocess.Popen] = []
@@ -107,7 +115,7 @@ def run_stack(workload: Path, model: Path, workdir: Path, storage: str, concurre
     redis_port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEBATCH_")}
     env.update({"PAGEBATCH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PAGEBATCH_API_KEYS": "bench-key=bench",
-                "PAGEBATCH_SHARD_SIZE": str(shard_size), "PAGEBATCH_LOG_LEVEL": log_level})
+                "PAGEBATCH_SHARD_SIZE": str(shard_size), "PAGEBATCH_LOG_LEVEL": log_level, **(limits or {})})
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         memory.__enter__()
@@ -217,12 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                        capture_output=True)
         workload = workdir / "workload.jsonl"
         write_workload(workload, model.name, args.requests, args.max_tokens)
+        limits = workload_limits(workload, args.requests)
 
         local_runs, stack_runs = [], []
         for n in range(args.repeats):
-            local_runs.append(run_in_process(workload, model, workdir / f"inproc-{n}"))
+            local_runs.append(run_in_process(workload, model, workdir / f"inproc-{n}", limits))
             stack_runs.append(run_stack(workload, model, workdir / f"stack-{n}", args.storage, args.concurrency,
-                                        args.shard_size, args.log_level, args.profile))
+                                        args.shard_size, args.log_level, args.profile, limits))
             print(f"round {n + 1}: in-process {local_runs[-1]['seconds']:.2f}s, stack {stack_runs[-1]['seconds']:.2f}s "
                   f"{stack_runs[-1]['phases_s']}", flush=True)
         local = min(local_runs, key=lambda r: r["seconds"])
