@@ -11,15 +11,29 @@ import time
 import psutil
 
 
+# The C++ CPU kernels are compiled on first use (kernels/cpu_extension.py): the compiler's processes, under
+# ninja, take over a GiB for a few seconds whatever the file's length. They are not the service's memory.
+BUILD_TOOLS = frozenset({"ninja"})
+
+
 def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants now (0 once it is gone)."""
+    """Resident bytes of a process and all its descendants now, a kernel build's excepted (0 once it is gone)."""
     try:
         root = psutil.Process(pid)
         members = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0
+    builds = set()
+    for proc in members:
+        try:
+            if proc.name() in BUILD_TOOLS:
+                builds.update(p.pid for p in [proc, *proc.children(recursive=True)])
+        except psutil.Error:
+            pass
     total = 0
     for proc in members:
+        if proc.pid in builds:
+            continue
         try:
             total += proc.memory_info().rss
         except psutil.Error:
