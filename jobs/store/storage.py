@@ -166,7 +166,12 @@ class S3Storage:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
-        self.client.upload_fileobj(fileobj, self.bucket, self._key(key))
+        # boto3's default keeps up to 10 parts of 8 MiB in flight: an API process would grow by ~80 MiB with the
+        # size of the file uploaded. Two parts bound it to 16 MiB whatever the file's length.
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(max_concurrency=2, multipart_chunksize=8 * 2**20)
+        self.client.upload_fileobj(fileobj, self.bucket, self._key(key), Config=config)
 
     def get_bytes(self, key: str) -> bytes:
         try:
