@@ -3,9 +3,9 @@
     python jobs/bench/engine.py --workload embeddings --rounds 2                  # 5,000 inputs, both configurations
     python jobs/bench/engine.py --workload embeddings --skip default --dtype bfloat16   # only both-bf16
 
-Inputs: --num-prompts (default 5,000) texts of mixed length cut from Python's documentation (pydoc_data: its prose
-sentences, consecutive ones joined), each ~5-200 tokens, log-uniform (mostly short, as embedding inputs are), chosen
-deterministically by --seed. The checkpoint (default SmolLM2-135M-Instruct, converted) is pooled as pagebatch reads
+Inputs: --num-prompts (default 5,000) texts of mixed length cut from Python's documentation (pydoc_data's prose),
+each from its own starting word (no shared prefixes for pagebatch's prefix cache to skip), 5-200 tokens,
+log-uniform (mostly short, as embedding inputs are), chosen deterministically by --seed. The checkpoint (default SmolLM2-135M-Instruct, converted) is pooled as pagebatch reads
 it from its files (engine.models.pooling_config: last token, L2-normalized for a causal checkpoint without a
 sentence-transformers description), and sentence-transformers is built with that same pooling
 (Transformer + Pooling + Normalize when pagebatch normalizes), on the plain texts (its Transformer pinned to the
@@ -56,31 +56,27 @@ PeakFn = Callable[..., float]  # (device, dtype, n=, m=, k=, seconds=) -> FLOP/s
 
 
 # -- the inputs ---------------------------------------------------------------------------------------------------
-def doc_sentences() -> list[str]:
-    """Sentences of Python's documentation's prose paragraphs (pydoc_data), in order."""
+def doc_words() -> list[str]:
+    """The words of Python's documentation's prose paragraphs (pydoc_data), in order."""
     from pydoc_data.topics import topics
 
-    out = []
-    for name in sorted(topics):
-        for paragraph in _prose_paragraphs(topics[name]):
-            out += [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph) if s]
-    return out
+    return [word for name in sorted(topics) for paragraph in _prose_paragraphs(topics[name])
+            for word in paragraph.split()]
 
 
 def embedding_texts(tokenizer, count: int, seed: int, min_tokens: int = MIN_TOKENS,
                     max_tokens: int = MAX_TOKENS) -> list[str]:
-    """``count`` texts, each consecutive sentences from a random place cut to a log-uniform target length in
-    [min_tokens, max_tokens] tokens (cut at a token boundary of the tokenizer's offsets)."""
-    sentences = doc_sentences()
+    """``count`` texts of consecutive words of the documentation, each from its own starting word (so no two
+    share a first token block, and a prefix cache finds nothing to reuse but repeated prose), cut to a
+    log-uniform target length in [min_tokens, max_tokens] tokens at a token boundary of the tokenizer's offsets."""
+    words = doc_words()
+    if count > len(words):
+        raise SystemExit(f"pydoc_data holds {len(words)} words: ask for at most that many inputs")
     rng = random.Random(seed)
-    targets, spans = [], []
-    for _ in range(count):
-        target = round(math.exp(rng.uniform(math.log(min_tokens), math.log(max_tokens))))
-        start, picked = rng.randrange(len(sentences)), []
-        while sum(len(s.split()) for s in picked) < target:  # a word is at least one token
-            picked.append(sentences[(start + len(picked)) % len(sentences)])
-        targets.append(target)
-        spans.append(" ".join(picked))
+    starts = rng.sample(range(len(words)), count)
+    targets = [round(math.exp(rng.uniform(math.log(min_tokens), math.log(max_tokens)))) for _ in range(count)]
+    # a word is at least one token: target words hold at least target tokens
+    spans = [" ".join(words[(start + i) % len(words)] for i in range(target)) for start, target in zip(starts, targets)]
     encoded = tokenizer(spans, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     return [text[: offsets[min(target, len(offsets)) - 1][1]].strip()
             for text, offsets, target in zip(spans, encoded, targets)]
