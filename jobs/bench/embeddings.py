@@ -82,8 +82,8 @@ def embedding_texts(tokenizer, count: int, seed: int, min_tokens: int = MIN_TOKE
             for text, offsets, target in zip(spans, encoded, targets)]
 
 
-def write_embedding_lines(path: Path, model: str, texts: list[str], per_line: int) -> int:
-    """The texts as /v1/embeddings batch lines of ``per_line`` inputs each, in order; the number of lines."""
+def write_embedding_lines(path: Path, model: str, texts: list[str] | list[str | list[int]], per_line: int) -> int:
+    """The texts (or token-id lists) as /v1/embeddings batch lines of ``per_line`` inputs each, in order; the number of lines."""
     lines = 0
     with path.open("w", encoding="utf-8") as f:
         for i in range(0, len(texts), per_line):
