@@ -5,11 +5,12 @@
 
 Inputs: --num-prompts (default 5,000) texts of mixed length cut from Python's documentation (pydoc_data's prose),
 each from its own starting word (no shared prefixes for pagebatch's prefix cache to skip), 5-200 tokens,
-log-uniform (mostly short, as embedding inputs are), chosen deterministically by --seed. The checkpoint (default SmolLM2-135M-Instruct, converted) is pooled as pagebatch reads
-it from its files (engine.models.pooling_config: last token, L2-normalized for a causal checkpoint without a
-sentence-transformers description), and sentence-transformers is built with that same pooling
-(Transformer + Pooling + Normalize when pagebatch normalizes), on the plain texts (its Transformer pinned to the
-text modality: by default it would render them through the checkpoint's chat template first).
+log-uniform (mostly short, as embedding inputs are), chosen deterministically by --seed. The checkpoint (default
+SmolLM2-135M-Instruct, converted) is pooled as pagebatch reads it from its files (engine.models.pooling_config:
+last token, L2-normalized, for a causal checkpoint without a sentence-transformers description), and
+sentence-transformers is built with that same pooling (Transformer + Pooling + Normalize when pagebatch normalizes),
+on the plain texts (its Transformer pinned to the text modality: by default it would render them through the
+checkpoint's chat template first).
 
 Systems, alternated round by round, each one's best of --rounds:
 - pagebatch: the inputs as /v1/embeddings lines of INPUTS_PER_LINE (16) inputs each (a JSONL file), through
@@ -83,7 +84,8 @@ def embedding_texts(tokenizer, count: int, seed: int, min_tokens: int = MIN_TOKE
 
 
 def write_embedding_lines(path: Path, model: str, texts: list[str] | list[str | list[int]], per_line: int) -> int:
-    """The texts (or token-id lists) as /v1/embeddings batch lines of ``per_line`` inputs each, in order; the number of lines."""
+    """The texts (or token-id lists) as /v1/embeddings batch lines of ``per_line`` inputs each, in order; the
+    number of lines."""
     lines = 0
     with path.open("w", encoding="utf-8") as f:
         for i in range(0, len(texts), per_line):
@@ -173,7 +175,8 @@ class Config:
 
 
 def run_config(cfg: Config, model: str, texts: list[str], input_path: Path, lines: int, method: str,
-               normalize: bool, kernels: str, rounds: int, work: Path) -> dict[str, EmbedRun]:
+               normalize: bool, kernels: str, rounds: int, work: Path) -> tuple[dict[str, EmbedRun], str]:
+    """Each system's best run of the configuration, and the dtype sentence-transformers ran in."""
     st = sentence_transformer(model, method, normalize, cfg.st_dtype)
     systems = {
         "pagebatch run": lambda: pagebatch_embed(model, input_path, lines, cfg.pagebatch_dtype, kernels, work / "out"),
@@ -185,10 +188,10 @@ def run_config(cfg: Config, model: str, texts: list[str], input_path: Path, line
             result = run()
             if name not in best or result.seconds < best[name].seconds:
                 best[name] = result
-    best["_st_dtype"] = str(next(st.parameters()).dtype).removeprefix("torch.")  # type: ignore[assignment]
+    st_dtype = str(next(st.parameters()).dtype).removeprefix("torch.")
     del st
     gc.collect()
-    return best
+    return best, st_dtype
 
 
 def resolved_dtype(requested: str) -> str:
@@ -236,9 +239,8 @@ def matmul_peak(model: str, dtype: str, matmul_peak_flops: PeakFn) -> tuple[str,
     return best, peaks[best]
 
 
-def report_config(cfg: Config, best: dict[str, EmbedRun], rounds: int, num_tokens: int, flops: float, params: int,
-                  model: str, peak_fn: PeakFn) -> bool:
-    st_dtype = best.pop("_st_dtype")
+def report_config(cfg: Config, best: dict[str, EmbedRun], st_dtype: str, rounds: int, num_tokens: int, flops: float,
+                  params: int, model: str, peak_fn: PeakFn) -> bool:
     pb_dtype = resolved_dtype(cfg.pagebatch_dtype)
     (pb_name, pb), (st_name, st) = best.items()
     n = pb.vectors.shape[0]
@@ -301,7 +303,8 @@ def run_embeddings(args: argparse.Namespace, peak_fn: PeakFn) -> None:
         input_path = work / "embeddings.jsonl"
         lines = write_embedding_lines(input_path, served_name(model, None), texts, INPUTS_PER_LINE)
         for cfg in configs:
-            best = run_config(cfg, model, texts, input_path, lines, pooling.method, pooling.normalize,
+            best, st_dtype = run_config(cfg, model, texts, input_path, lines, pooling.method, pooling.normalize,
                               args.kernels.split(",")[0], args.rounds, work)
-            verdicts[cfg.name] = report_config(cfg, best, args.rounds, sum(counts), flops, params, model, peak_fn)
+            verdicts[cfg.name] = report_config(cfg, best, st_dtype, args.rounds, sum(counts), flops, params, model,
+                                               peak_fn)
     print("\n" + ", ".join(f"{name}: {'held' if ok else 'NOT held'}" for name, ok in verdicts.items()))
