@@ -6,7 +6,7 @@
 
 Steps: a fresh virtual environment; the triton version that PyPI's (CUDA) torch build pins, read from that
 wheel's metadata without downloading it, so a GPU install with the constraints gets the triton its torch
-needs; `pip install torch==T triton==V -e .[dev]` with no constraints (the newest releases the ranges
+needs; `pip install torch==T triton==V -e .[dev,bench]` with no constraints (the newest releases the ranges
 admit); the README's test command in that environment; then constraints.txt rewritten from `pip freeze`.
 Commit the new file with the suite's result. Takes as long as the suite (about 15-20 minutes on 2 cores).
 """
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     python = str(venv / "bin" / "python")
     subprocess.run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     triton = triton_pinned_by(torch_version, python)
-    wanted = [f"torch=={torch_version}", *([f"triton=={triton}"] if triton else []), "-e", f"{ROOT}[dev]"]
+    wanted = [f"torch=={torch_version}", *([f"triton=={triton}"] if triton else []), "-e", f"{ROOT}[dev,bench]"]
     subprocess.run([python, "-m", "pip", "install", "-q", *wanted], check=True, cwd=ROOT)
     pins = frozen(python)
     text = header(torch_version, triton) + "\n".join(pins) + "\n"

@@ -2,6 +2,7 @@
 
     python jobs/bench/engine.py                          # CPU, 2 threads: random 28M Llama, random tokens
     python jobs/bench/engine.py --workload summarize     # SmolLM2-135M-Instruct summarizing Python's docs
+    python jobs/bench/engine.py --workload embeddings --rounds 2   # 5,000 inputs vs sentence-transformers
     python jobs/bench/engine.py --device cuda            # on a GPU (bf16 by default there)
     python jobs/bench/engine.py --kernels cpu,torch --rounds 3          # engine kernel choices, alternated
     python jobs/bench/engine.py --breakdown --skip compare               # where a step's time goes
@@ -376,11 +377,11 @@ def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", choices=("synthetic", "summarize"), default="synthetic")
+    ap.add_argument("--workload", choices=("synthetic", "summarize", "embeddings"), default="synthetic")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--num-prompts", type=int, default=None, help="requests (default 48; 64 for summarize)")
+    ap.add_argument("--num-prompts", type=int, default=None, help="requests (default 48; 64 for summarize; inputs, 5000, for embeddings)")
     ap.add_argument("--max-tokens", type=int, default=128, help="summarize: max new tokens per request (128)")
     ap.add_argument("--model", default=None,
                     help="checkpoint dir (default: a random 28M Llama made here; SmolLM2-135M-Instruct for summarize)")
@@ -409,7 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "is the one compared with transformers and used by the other modes)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every system, alternated (best of)")
     args = ap.parse_args(argv)
-    args.num_prompts = args.num_prompts or (64 if args.workload == "summarize" else 48)
+    args.num_prompts = args.num_prompts or {"summarize": 64, "embeddings": 5000}.get(args.workload, 48)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.moe_vs_dense and args.arch == "llama":
         args.arch = "mixtral"
@@ -429,6 +430,11 @@ def make_workload(args: argparse.Namespace, tmp: str) -> Workload:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.workload == "embeddings":  # its own systems and report (jobs/bench/embeddings.py)
+        from pagebatch.jobs.bench.embeddings import run_embeddings
+
+        run_embeddings(args, matmul_peak_flops)
+        return
     if args.decode_bandwidth:
         decode_bandwidth(args.device, args.dtype, steps=128, preset=args.bandwidth_preset)
         return
