@@ -10,6 +10,7 @@
     python jobs/bench/engine.py --decode-bandwidth       # batch-1 decode of a ~0.5B model vs copy bandwidth
     python jobs/bench/engine.py --arch mixtral --skip continuous --rounds 3   # a random MoE (8 experts, top-2)
     python jobs/bench/engine.py --moe-vs-dense --skip compare --rounds 5     # MoE vs dense decode steps, batch 48
+    python jobs/bench/engine.py --workload labeling --rounds 2 --llama-cpp DIR   # 2,000 rows, one shared instruction
     python jobs/bench/engine.py --workload summarize --num-prompts 48 --skip continuous --llama-cpp DIR
                                                             # beside llama.cpp's llama-server, same GGUF weights
 
@@ -376,7 +377,7 @@ def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", choices=("synthetic", "summarize"), default="synthetic")
+    ap.add_argument("--workload", choices=("synthetic", "summarize", "labeling"), default="synthetic")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
     ap.add_argument("--threads", type=int, default=2)
@@ -408,9 +409,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="engine kernel choices to compare, e.g. torch,cpu (alternated, best of --rounds; the first "
                          "is the one compared with transformers and used by the other modes)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every system, alternated (best of)")
+    ap.add_argument("--hf-rows", type=int, default=64, help="labeling: rows transformers runs (the first ones)")
+    ap.add_argument("--hf-batch", type=int, default=16, help="labeling: transformers' generate batch")
+    ap.add_argument("--llama-slots", type=int, default=16, help="labeling: llama-server's parallel slots")
     args = ap.parse_args(argv)
-    args.num_prompts = args.num_prompts or (64 if args.workload == "summarize" else 48)
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.num_prompts = args.num_prompts or {"summarize": 64, "labeling": 2000}.get(args.workload, 48)
+    labeling = args.workload == "labeling"  # its dtype: the engine's auto (bf16 on CPUs that compute it)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "auto" if labeling else "float32")
     if args.moe_vs_dense and args.arch == "llama":
         args.arch = "mixtral"
     return args
@@ -429,6 +434,11 @@ def make_workload(args: argparse.Namespace, tmp: str) -> Workload:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.workload == "labeling":
+        from pagebatch.jobs.bench.labeling import run as run_labeling
+
+        run_labeling(args)
+        return
     if args.decode_bandwidth:
         decode_bandwidth(args.device, args.dtype, steps=128, preset=args.bandwidth_preset)
         return
