@@ -412,6 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--hf-rows", type=int, default=64, help="labeling: rows transformers runs (the first ones)")
     ap.add_argument("--hf-batch", type=int, default=16, help="labeling: transformers' generate batch")
     ap.add_argument("--llama-slots", type=int, default=16, help="labeling: llama-server's parallel slots")
+    ap.add_argument("--llama-rows", type=int, default=None, help="labeling: rows llama-server runs (default all)")
     args = ap.parse_args(argv)
     args.num_prompts = args.num_prompts or {"summarize": 64, "labeling": 2000}.get(args.workload, 48)
     labeling = args.workload == "labeling"  # its dtype: the engine's auto (bf16 on CPUs that compute it)

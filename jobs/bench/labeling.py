@@ -15,7 +15,7 @@ the answer is constrained to the label set. Systems, alternated round by round i
   recomputes the instruction for every row, so it runs on the first --hf-rows rows only; lines/s is over those.
 - llama.cpp: llama-server (jobs/bench/llamacpp.py) with ``cache_prompt: true`` and the labels as a GBNF grammar of
   their token ids,
-  --llama-slots parallel slots, the same token ids and weights dtype. Its slots keep their cached prefix from one
+  --llama-slots parallel slots, the same token ids and weights dtype, on the first --llama-rows rows (default all). Its slots keep their cached prefix from one
   round to the next (pagebatch's engine starts each round empty).
 
 Reported: lines/s and ratios, prompt tokens computed and served from cache, the share of the instruction's tokens
@@ -237,7 +237,7 @@ def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: s
     print(f"\nlabeling: {len(w.rows)} rows, instruction {w.instruction_tokens} shared tokens, labels {LABELS}, "
           f"greedy, dtype={dtype}, best of {rounds} round(s), systems alternated")
     for name, r in best.items():
-        note = f" (first {len(r.labels)} rows only: it recomputes the instruction per row)" if len(r.labels) < len(w.rows) else ""
+        note = f" (first {len(r.labels)} rows only)" if len(r.labels) < len(w.rows) else ""
         print(f"{name:55s} {r.lines_per_s:9.1f} lines/s ({len(r.labels)} lines in {r.seconds:.2f} s){note}")
     for name, r in list(best.items())[1:]:
         print(f"{base_name} / {name:45s} {base.lines_per_s / r.lines_per_s:7.2f}x lines/s")
@@ -310,7 +310,9 @@ def run(args: argparse.Namespace) -> None:
             lambda n: transformers_labeling_run(hf, tokenizer, w, hf_rows, args.hf_batch))
     llama = None
     if args.llama_cpp:
-        bench_w = Workload("labeling", model_dir, w.prompts, [max(map(len, w.label_ids)) + 1] * len(w.rows), False)
+        llama_rows = min(args.llama_rows or len(w.rows), len(w.rows))
+        bench_w = Workload("labeling", model_dir, w.prompts[:llama_rows], [max(map(len, w.label_ids)) + 1] * llama_rows,
+                           False)
         llama = LlamaServer(args.llama_cpp, bench_w, dtype, args.threads, args.llama_kv, slots=args.llama_slots,
                             request_options={"cache_prompt": True, "grammar": gbnf(w.label_ids)})
         systems[f"llama.cpp llama-server ({args.llama_slots} slots, prompt cache, GBNF)"] = (
