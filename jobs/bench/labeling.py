@@ -128,8 +128,9 @@ def pagebatch_labeling_run(w: LabelingWorkload, batch_file: Path, workdir: Path,
         prompt += usage["prompt_tokens"]
         cached += hit
         instruction_cached += min(hit, shared)
-        # positions run through the model: the uncached prompt and every generated token but the last
-        spans[i] = (hit, usage["prompt_tokens"] + usage["completion_tokens"] - 1)
+        # positions run through the model: the uncached prompt (decode passes, if any, are not counted: a label
+        # its first token settles takes none)
+        spans[i] = (hit, usage["prompt_tokens"])
         if usage["prompt_tokens"] != len(w.prompts[i]):
             raise SystemExit(f"row {i}: pagebatch rendered {usage['prompt_tokens']} prompt tokens, the tokenizer's "
                              f"chat template {len(w.prompts[i])}: the systems would not see the same prompt")
@@ -254,8 +255,7 @@ def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: s
     counts = {label: base.labels.count(label) for label in LABELS}
     outside = len(base.labels) - sum(counts.values())
     print(f"pagebatch's labels: {counts}" + (f", {outside} outside the label set" if outside else ""))
-    generated = sum(end - start for start, end in base.computed_positions) - computed
-    flops = computed_flops(w.model, base.computed_positions) + lm_head_flops(w.model, len(w.rows) + generated)
+    flops = computed_flops(w.model, base.computed_positions) + lm_head_flops(w.model, len(w.rows))
     torch_dtype = getattr(torch, dtype)
     peaks = {f"{m}x{k}x{n}": matmul_peak_flops("cpu", torch_dtype, n=n, m=m, k=k, seconds=0.5)
              for m, k, n in ((1024, 1024, 1024), (512, 576, 1536), (512, 1536, 576), (512, 576, 576))}
@@ -263,7 +263,8 @@ def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: s
     achieved = flops / base.seconds
     print(f"{dtype} matmul peak (M x K x N, best of 0.5 s each): "
           + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()) + " GFLOP/s")
-    print(f"pagebatch work of the tokens it computed: {flops / 1e9:.1f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
+    print(f"pagebatch work of the prompt tokens it computed (2 x non-embedding params + attention, LM head once "
+          f"per row): {flops / 1e9:.1f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
           f"{100 * achieved / peaks[top]:.1f}% of the best peak ({top})")
     targets = []
     for name, ratio in (("llama.cpp", 3.0), ("transformers", 10.0)):
