@@ -72,7 +72,7 @@ def labeling_workload(model: str, num_rows: int, seed: int) -> LabelingWorkload:
     prompts = []
     for row in rows:
         encoded = tokenizer.apply_chat_template(messages(row), add_generation_prompt=True, tokenize=True)
-        prompts.append(list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded))
+        prompts.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
     label_ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in LABELS]
     eos = GenerationConfig.from_pretrained(model).eos_token_id
     eos = min(eos) if isinstance(eos, list) else eos
@@ -218,11 +218,11 @@ def computed_flops(model: str, spans: list[tuple[int, int]]) -> float:
     return float(2 * body * positions + attention)
 
 
-def lm_head_flops(model: str, generated_tokens: int) -> float:
+def lm_head_flops(model: str, sampled_tokens: int) -> float:
     from pagebatch.engine.models import ModelSpec, load_hf_config
 
     spec = ModelSpec.from_hf_config(load_hf_config(Path(model)))
-    return float(2 * spec.vocab_size * spec.hidden_size * generated_tokens)
+    return float(2 * spec.vocab_size * spec.hidden_size * sampled_tokens)
 
 
 def agreement(a: list[str], b: list[str]) -> tuple[int, int]:
@@ -230,7 +230,7 @@ def agreement(a: list[str], b: list[str]) -> tuple[int, int]:
     return sum(x == y for x, y in zip(a[:n], b[:n])), n
 
 
-def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: str, hf_rows: int) -> None:
+def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: str) -> None:
     from pagebatch.jobs.bench.engine import matmul_peak_flops
 
     names = list(best)
@@ -329,4 +329,4 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if llama is not None:
             llama.close()
-    report(w, best, args.rounds, dtype, hf_rows)
+    report(w, best, args.rounds, dtype)
