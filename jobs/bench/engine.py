@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workload == "labeling":
         from pagebatch.jobs.bench.labeling import run as run_labeling
 
-        run_labeling(args)
+        run_labeling(args, matmul_peak_flops)
         return
     if args.decode_bandwidth:
         decode_bandwidth(args.device, args.dtype, steps=128, preset=args.bandwidth_preset)

@@ -230,9 +230,8 @@ def agreement(a: list[str], b: list[str]) -> tuple[int, int]:
     return sum(x == y for x, y in zip(a[:n], b[:n])), n
 
 
-def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: str) -> None:
-    from pagebatch.jobs.bench.engine import matmul_peak_flops
-
+def report(w: LabelingWorkload, best: dict[str, LabelRun], rounds: int, dtype: str, matmul_peak_flops) -> None:
+    """``matmul_peak_flops``: jobs/bench/engine.py's (passed in: engine.py dispatches here)."""
     names = list(best)
     base_name, base = names[0], best[names[0]]
     print(f"\nlabeling: {len(w.rows)} rows, instruction {w.instruction_tokens} shared tokens, labels {LABELS}, "
@@ -284,8 +283,8 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-def run(args: argparse.Namespace) -> None:
-    """`pagebatch bench engine --workload labeling`: args from jobs/bench/engine.py's parser."""
+def run(args: argparse.Namespace, matmul_peak_flops) -> None:
+    """`pagebatch bench engine --workload labeling`: args from jobs/bench/engine.py's parser, and its matmul peak."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pagebatch.jobs.bench.llamacpp import LlamaServer
@@ -329,4 +328,4 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if llama is not None:
             llama.close()
-    report(w, best, args.rounds, dtype)
+    report(w, best, args.rounds, dtype, matmul_peak_flops)
