@@ -34,6 +34,15 @@ class ChoiceState:
             tokens.append(self.end_token)
         return tokens
 
+    def forced_tail(self) -> list[int]:
+        """The tokens that must follow when only one label is still possible and nothing else can be chosen on the
+        way to its end (each node one child, none terminal but the last, which has no children); else []."""
+        tail, node = [], self.node
+        while len(node.children) == 1 and not node.terminal:
+            token, node = next(iter(node.children.items()))
+            tail.append(token)
+        return tail if node.terminal and not node.children else []
+
     def advance(self, token: int) -> bool:
         """Consume a sampled token; True when the answer is complete."""
         if token == self.end_token and self.node.terminal:

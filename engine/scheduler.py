@@ -257,7 +257,17 @@ class Scheduler:
             req.metrics.first_token_time = time.time()
         if token.logprobs is not None and req.logprobs is not None:
             req.logprobs.append(token.logprobs)
-        return stop_reason(req, token.token_id, self.eos_token_ids, self.max_model_len)
+        reason = stop_reason(req, token.token_id, self.eos_token_ids, self.max_model_len)
+        if reason is None and req.choice_state is not None and req.logprobs is None:
+            # one label left and no choice on the way to its end: its remaining tokens need no forward pass
+            # (with logprobs each token's probability needs its pass, so the answer goes on step by step)
+            tail = req.choice_state.forced_tail()
+            if tail:
+                for forced in tail:
+                    req.token_ids.append(forced)
+                    req.choice_state.advance(forced)
+                return "stop"
+        return reason
 
     def abort(self, request_id: str) -> FinishedRequest | None:
         req = self.requests.get(request_id)

@@ -5,7 +5,9 @@ Decode rows (query_len == 1) go to a small C++ kernel (``kernels/csrc/cpu_attent
 walks each sequence's block table and reads the cache blocks where they are, in one pass over
 K and one over V, with fp32 softmax and accumulation for every cache dtype (fp32/bf16/fp16). The
 reference instead gathers every decode group into a padded copy (index_select) that SDPA then
-reads again. Prefill rows (query_len > 1) use the same SDPA path as the reference.
+reads again. Prefill rows (query_len > 1) use the same SDPA path as the reference, except chunks that share
+cached prefix blocks with others in the batch: those attend the shared blocks together
+(``kernels/shared_prefix_attention.py``).
 
 The kernel is part of the CPU extension (``kernels/cpu_extension.py``), compiled on first use; if it
 cannot be built ``available()`` is False and ``paged_attention`` falls back to the reference. The
@@ -23,6 +25,7 @@ from pagebatch.kernels.cpu_extension import available, build_seconds, load as _l
 from pagebatch.kernels.cpu_moe import fused_moe
 from pagebatch.kernels.metadata import AttentionMetadata
 from pagebatch.kernels.reference import gelu_tanh_and_mul, rms_norm, rotary_embedding, silu_and_mul, write_kv
+from pagebatch.kernels.shared_prefix_attention import grouped_prefill_attention, plan_groups
 
 __all__ = [
     "available", "build_seconds", "decode_attention", "fused_moe", "gelu_tanh_and_mul", "paged_attention", "rms_norm",
@@ -79,6 +82,8 @@ def paged_attention(
         )
         if target is not out:
             out.copy_(target)
+    for group in plan.prefix_groups:
+        grouped_prefill_attention(q, k_cache, v_cache, group, out, scale)
     reference.prefill_attention(q, k_cache, v_cache, plan.prefills, out, scale)
     return out
 
@@ -100,7 +105,9 @@ class _Plan:
         self.seq_idx = torch.tensor(decodes, dtype=torch.int64)
         self.row_idx = torch.tensor([offsets[i] for i in decodes], dtype=torch.int64)
         self.ctx_lens = torch.tensor([ctx[i] for i in decodes], dtype=torch.int32)
-        self.prefills = reference.plan_prefills(meta, block_size, window)
+        prefills = reference.plan_prefills(meta, block_size, window)
+        # chunks sharing cached prefix blocks attend them together (full attention only: a window masks them)
+        self.prefix_groups, self.prefills = plan_groups(prefills, block_size) if window is None else ([], prefills)
 
 
 def _plan(meta: AttentionMetadata, block_size: int, window: int | None) -> _Plan:

@@ -11,6 +11,7 @@
     python jobs/bench/engine.py --decode-bandwidth       # batch-1 decode of a ~0.5B model vs copy bandwidth
     python jobs/bench/engine.py --arch mixtral --skip continuous --rounds 3   # a random MoE (8 experts, top-2)
     python jobs/bench/engine.py --moe-vs-dense --skip compare --rounds 5     # MoE vs dense decode steps, batch 48
+    python jobs/bench/engine.py --workload labeling --rounds 2 --llama-cpp DIR   # 2,000 rows, one shared instruction
     python jobs/bench/engine.py --workload summarize --num-prompts 48 --skip continuous --llama-cpp DIR
                                                             # beside llama.cpp's llama-server, same GGUF weights
 
@@ -377,7 +378,7 @@ def decode_bandwidth(device: str, dtype: str, steps: int, preset: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", choices=("synthetic", "summarize", "embeddings"), default="synthetic")
+    ap.add_argument("--workload", choices=("synthetic", "summarize", "labeling", "embeddings"), default="synthetic")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
     ap.add_argument("--threads", type=int, default=2)
@@ -409,9 +410,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="engine kernel choices to compare, e.g. torch,cpu (alternated, best of --rounds; the first "
                          "is the one compared with transformers and used by the other modes)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every system, alternated (best of)")
+    ap.add_argument("--hf-rows", type=int, default=64, help="labeling: rows transformers runs (the first ones)")
+    ap.add_argument("--hf-batch", type=int, default=16, help="labeling: transformers' generate batch")
+    ap.add_argument("--llama-slots", type=int, default=16, help="labeling: llama-server's parallel slots")
+    ap.add_argument("--llama-rows", type=int, default=None, help="labeling: rows llama-server runs (default all)")
     args = ap.parse_args(argv)
-    args.num_prompts = args.num_prompts or {"summarize": 64, "embeddings": 5000}.get(args.workload, 48)
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    defaults = {"summarize": 64, "labeling": 2000, "embeddings": 5000}
+    args.num_prompts = args.num_prompts or defaults.get(args.workload, 48)
+    labeling = args.workload == "labeling"  # its dtype: the engine's auto (bf16 on CPUs that compute it)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "auto" if labeling else "float32")
     if args.moe_vs_dense and args.arch == "llama":
         args.arch = "mixtral"
     return args
@@ -434,6 +441,11 @@ def main(argv: list[str] | None = None) -> None:
         from pagebatch.jobs.bench.embeddings import run_embeddings
 
         run_embeddings(args, matmul_peak_flops)
+        return
+    if args.workload == "labeling":  # its own systems and report (jobs/bench/labeling.py)
+        from pagebatch.jobs.bench.labeling import run as run_labeling
+
+        run_labeling(args, matmul_peak_flops)
         return
     if args.decode_bandwidth:
         decode_bandwidth(args.device, args.dtype, steps=128, preset=args.bandwidth_preset)

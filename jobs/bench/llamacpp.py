@@ -3,7 +3,8 @@
 DIR holds bin/llama-server and bin/llama-quantize (``bash scripts/build_llamacpp.sh`` builds them for this CPU).
 The server runs the same weights as pagebatch: the workload's GGUF file requantized (dequantized) by
 llama-quantize to the benchmark's dtype (F32 or BF16; cached beside the source file), one slot per request,
-continuous batching, the same thread count, no prompt cache. Requests go to ``/completion`` as token ids (the
+continuous batching, the same thread count, no prompt cache (a caller may
+choose fewer slots and other request fields: the labeling workload turns the prompt cache on and sends a grammar). Requests go to ``/completion`` as token ids (the
 same prompts, no BOS added), greedy, ``n_predict`` = the request's max_tokens, EOS on or off as the workload
 says, all at once from one thread each. Output tokens count each request's generated ids plus its EOS when it
 stopped on one (as pagebatch's token_ids do).
@@ -62,7 +63,10 @@ def _post(url: str, body: dict, timeout: float = 3600) -> dict:
 class LlamaServer:
     """One llama-server process serving ``gguf`` on a free 127.0.0.1 port, sized for ``w``."""
 
-    def __init__(self, llama_dir: str, w: Workload, dtype: str, threads: int, kv_type: str = "f16") -> None:
+    def __init__(self, llama_dir: str, w: Workload, dtype: str, threads: int, kv_type: str = "f16",
+                 slots: int | None = None, request_options: dict | None = None) -> None:
+        """``slots``: parallel slots (default one per request); ``request_options``: /completion fields that
+        override the defaults (e.g. ``cache_prompt``, ``grammar``)."""
         bin_dir = Path(llama_dir) / "bin"
         self.gguf = typed_gguf(bin_dir, source_gguf(w.model), dtype)
         self.kv_type = kv_type
@@ -70,7 +74,8 @@ class LlamaServer:
         self.eos = _first_eos(w.model)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        slots = len(w.prompts)
+        self.slots = slots = slots or len(w.prompts)
+        self.request_options = request_options or {}
         per_slot = max(len(p) + n for p, n in zip(w.prompts, w.max_tokens)) + 16
         self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
@@ -103,7 +108,7 @@ class LlamaServer:
         out = _post(self.url + "/completion", {
             "prompt": prompt, "n_predict": max_tokens, "temperature": 0, "top_k": 1, "cache_prompt": False,
             "ignore_eos": self.w.ignore_eos, "return_tokens": True, "samplers": ["top_k"],
-        })
+        } | self.request_options)
         tokens = list(out["tokens"])
         if out.get("stop_type") == "eos" and len(tokens) < max_tokens:
             tokens.append(self.eos)  # the EOS it stopped on (not returned): counted, as pagebatch counts its EOS
@@ -112,7 +117,7 @@ class LlamaServer:
     def run(self) -> Run:
         w = self.w
         self._complete(w.prompts[0][:8], 4)  # warm-up
-        with ThreadPoolExecutor(max_workers=len(w.prompts)) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(w.prompts), 2 * self.slots)) as pool:
             t = time.perf_counter()
             rows = list(pool.map(self._complete, w.prompts, w.max_tokens))
             elapsed = time.perf_counter() - t
