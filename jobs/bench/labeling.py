@@ -14,9 +14,8 @@ the answer is constrained to the label set. Systems, alternated round by round i
   walking the same label trie (greedy constrained by the label set, so its answers are comparable one to one). It
   recomputes the instruction for every row, so it runs on the first --hf-rows rows only; lines/s is over those.
 - llama.cpp: llama-server (jobs/bench/llamacpp.py) with ``cache_prompt: true`` and the labels as a GBNF grammar of
-  their token ids,
-  --llama-slots parallel slots, the same token ids and weights dtype, on the first --llama-rows rows (default all). Its slots keep their cached prefix from one
-  round to the next (pagebatch's engine starts each round empty).
+  their token ids, --llama-slots parallel slots, the same token ids and weights dtype, on the first --llama-rows
+  rows (default all); a server started for each round (untimed), so its prompt cache starts empty as pagebatch's does.
 
 Reported: lines/s and ratios, prompt tokens computed and served from cache, the share of the instruction's tokens
 served from cache over the whole run, label agreement between systems on the rows both ran, and the work of the
@@ -197,8 +196,14 @@ def gbnf(label_ids: list[list[int]]) -> str:
     return "root ::= " + " | ".join(" ".join(f"<[{t}]>" for t in ids) for ids in label_ids)
 
 
-def llama_labeling_run(server, tokenizer) -> LabelRun:
-    run = server.run()
+def llama_labeling_run(start_server, tokenizer) -> LabelRun:
+    """One round on a llama-server started for it (untimed): its slots' prompt cache starts empty, as pagebatch's
+    engine does in every round; a server kept across rounds would serve later rounds from the first one's cache."""
+    server = start_server()
+    try:
+        run = server.run()
+    finally:
+        server.close()
     return LabelRun(run.seconds, [tokenizer.decode([t for t in row if t != server.eos]).strip() for row in run.token_ids])
 
 
@@ -308,24 +313,22 @@ def run(args: argparse.Namespace, matmul_peak_flops) -> None:
         hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         systems[f"transformers generate (batch {args.hf_batch}, label trie)"] = (
             lambda n: transformers_labeling_run(hf, tokenizer, w, hf_rows, args.hf_batch))
-    llama = None
     if args.llama_cpp:
         llama_rows = min(args.llama_rows or len(w.rows), len(w.rows))
         bench_w = Workload("labeling", model_dir, w.prompts[:llama_rows], [max(map(len, w.label_ids)) + 1] * llama_rows,
                            False)
-        llama = LlamaServer(args.llama_cpp, bench_w, dtype, args.threads, args.llama_kv, slots=args.llama_slots,
-                            request_options={"cache_prompt": True, "grammar": gbnf(w.label_ids)})
+
+        def start_llama() -> LlamaServer:
+            return LlamaServer(args.llama_cpp, bench_w, dtype, args.threads, args.llama_kv, slots=args.llama_slots,
+                               request_options={"cache_prompt": True, "grammar": gbnf(w.label_ids)})
+
         systems[f"llama.cpp llama-server ({args.llama_slots} slots, prompt cache, GBNF)"] = (
-            lambda n: llama_labeling_run(llama, tokenizer))
+            lambda n: llama_labeling_run(start_llama, tokenizer))
     best: dict[str, LabelRun] = {}
-    try:
-        for n in range(args.rounds):
-            for name, system in systems.items():
-                result = system(n)
-                print(f"round {n + 1}: {name}: {result.lines_per_s:.1f} lines/s ({result.seconds:.2f} s)", flush=True)
-                if name not in best or result.seconds < best[name].seconds:
-                    best[name] = result
-    finally:
-        if llama is not None:
-            llama.close()
+    for n in range(args.rounds):
+        for name, system in systems.items():
+            result = system(n)
+            print(f"round {n + 1}: {name}: {result.lines_per_s:.1f} lines/s ({result.seconds:.2f} s)", flush=True)
+            if name not in best or result.seconds < best[name].seconds:
+                best[name] = result
     report(w, best, args.rounds, dtype, matmul_peak_flops)
