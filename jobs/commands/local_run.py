@@ -158,9 +158,8 @@ class ValidLines:
 
     def __init__(self, path: Path, endpoint: str, model: str, limits: Limits, ctx: RequestContext,
                  rejected: ShardResult, skip: set[int]) -> None:
-        self._file = path.open("rb")
-        self._verdicts = check_lines((raw.rstrip(b"\r\n") for raw in self._file), endpoint=endpoint,
-                                     known_models={model}, limits=limits)
+        self._lines = _file_lines(path)
+        self._verdicts = check_lines(self._lines, endpoint=endpoint, known_models={model}, limits=limits)
         self.ctx, self.rejected, self.skip = ctx, rejected, skip
         self.count = 0  # lines handed out to run
         self.error: FileError | None = None
@@ -189,7 +188,7 @@ class ValidLines:
             self.error = e
 
     def close(self) -> None:
-        self._file.close()
+        self._lines.close()  # closes the file, read or not
 
 
 def _file_lines(path: Path) -> Iterator[bytes]:
