@@ -1,7 +1,7 @@
 """--workload embeddings: `pagebatch run` on /v1/embeddings lines against sentence-transformers' ``encode``.
 
-    python jobs/bench/engine.py --workload embeddings --rounds 2                  # 5,000 inputs, both configurations
-    python jobs/bench/engine.py --workload embeddings --skip default --dtype bfloat16   # only both-bf16
+    python scripts/bench_engine.py --workload embeddings --rounds 2                  # 5,000 inputs, both configurations
+    python scripts/bench_engine.py --workload embeddings --skip default --dtype bfloat16   # only both-bf16
 
 Inputs: --num-prompts (default 5,000) texts of mixed length cut from Python's documentation (pydoc_data's prose),
 each from its own starting word (no shared prefixes for pagebatch's prefix cache to skip), 5-200 tokens,
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pagebatch.jobs.bench.workloads import _prose_paragraphs, smollm2_dir, workload_flops
+from pagebatch.jobs.bench.workloads import _prose_paragraphs, best_of_rounds, smollm2_dir, workload_flops
 
 DEFAULT_INPUTS = 5000
 MIN_TOKENS, MAX_TOKENS = 5, 200
@@ -182,12 +182,7 @@ def run_config(cfg: Config, model: str, texts: list[str], input_path: Path, line
         "pagebatch run": lambda: pagebatch_embed(model, input_path, lines, cfg.pagebatch_dtype, kernels, work / "out"),
         "sentence-transformers encode": lambda: st_embed(st, texts),
     }
-    best: dict[str, EmbedRun] = {}
-    for _ in range(rounds):
-        for name, run in systems.items():
-            result = run()
-            if name not in best or result.seconds < best[name].seconds:
-                best[name] = result
+    best = best_of_rounds(systems, rounds)
     st_dtype = str(next(st.parameters()).dtype).removeprefix("torch.")
     del st
     gc.collect()

@@ -54,8 +54,8 @@ import torch.nn.functional as F
 
 from pagebatch.jobs.bench.llamacpp import LlamaServer
 from pagebatch.jobs.bench.workloads import (
-    STRUCTURED_MAX_TOKENS, STRUCTURED_SCHEMA, Run, StepClock, Workload, active_params, build_llm, continuous_run,
-    decode_budget, decode_steps, fill_engine, fixed_length_prompts, pagebatch_run, schema_valid, smollm2_dir,
+    STRUCTURED_MAX_TOKENS, STRUCTURED_SCHEMA, Run, StepClock, Workload, active_params, best_of_rounds, build_llm,
+    continuous_run, decode_budget, decode_steps, fill_engine, fixed_length_prompts, pagebatch_run, schema_valid, smollm2_dir,
     static_run, summarize_workload, sync, synthetic_requests, synthetic_workload, without_attention, workload_flops,
 )
 from pagebatch.engine.llm import LLM
@@ -130,13 +130,7 @@ def compare(
         systems["transformers generate_batch (continuous)"] = partial(continuous_run, hf, w, device)
     if llama is not None:
         systems[f"llama.cpp llama-server ({llama.gguf.name}, {llama.kv_type} KV)"] = llama.run
-    best: dict[str, Run] = {}
-    for _ in range(rounds):
-        for name, run in systems.items():
-            result = run()
-            if name not in best or result.seconds < best[name].seconds:
-                best[name] = result
-    return best
+    return best_of_rounds(systems, rounds)
 
 
 def report_compare(best: dict[str, Run], w: Workload, rounds: int) -> None:

@@ -17,10 +17,11 @@ import json
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -433,3 +434,21 @@ def without_attention(ops: ModuleType) -> SimpleNamespace:
     """The ops of a kernel backend with paged_attention a no-op of the same output shape (the KV writes stay)."""
     public = {name: getattr(ops, name) for name in dir(ops) if not name.startswith("__")}
     return SimpleNamespace(**(public | {"paged_attention": lambda q, k_cache, v_cache, meta, scale, window=None: q.clone()}))
+
+
+class _Timed(Protocol):
+    seconds: float
+
+
+TimedRun = TypeVar("TimedRun", bound=_Timed)
+
+
+def best_of_rounds(systems: Mapping[str, Callable[[], TimedRun]], rounds: int) -> dict[str, TimedRun]:
+    """Every system once per round, alternated round by round; each system's fastest run."""
+    best: dict[str, TimedRun] = {}
+    for _ in range(rounds):
+        for name, run in systems.items():
+            result = run()
+            if name not in best or result.seconds < best[name].seconds:
+                best[name] = result
+    return best
