@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -103,23 +105,16 @@ class LLMEngine:
         return self.admit(self.prepare_request(prompt, params, request_id))
 
     def prepare_request(
-        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None
+        self, prompt: Prompt | None, params: SamplingParams | PoolingParams | None = None,
+        request_id: str | None = None, token_ids: list[int] | None = None,
     ) -> Request | RequestOutput:
         """Validate, template and tokenize a request; its error output if it cannot run. Never raises, and is
-        thread-safe: run it on any thread, then ``admit`` the result on the engine's thread."""
+        thread-safe: run it on any thread, then ``admit`` the result on the engine's thread. ``token_ids``: the
+        prompt as ``RequestBuilder.tokenize`` made it already (the engine-core process's requests)."""
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         params = params if params is not None else SamplingParams()
-        try:
-            return self.builder.build(request_id, prompt, params)
-        except RequestRejected as exc:
-            error, code, ids = str(exc), exc.code, exc.prompt_token_ids
-        except Exception as exc:  # noqa: BLE001 - whatever a request makes raise fails that request alone
-            log.exception("could not prepare a request", request_id=request_id)
-            error = f"the engine could not prepare this request ({type(exc).__name__}: {str(exc)[:200]})"
-            code, ids = "engine_error", []
-        log.info("request rejected", request_id=request_id, error=error[:200])
-        wants_logprobs = getattr(params, "logprobs", None) is not None
-        return self.outputs.rejected(request_id, error, code, ids, wants_logprobs)
+        return prepared_or_rejected(lambda: self.builder.build(request_id, prompt, params, token_ids), self.outputs,
+                                    request_id, params)
 
     def admit(self, prepared: Request | RequestOutput) -> str:
         """Hand a prepared request to the scheduler (a rejection's output is returned by the next step)."""
@@ -182,6 +177,23 @@ class LLMEngine:
     def serving_path(self) -> ServingPath:
         """Which implementation serves each op, whether decode steps replay CUDA graphs, and the self-check's results."""
         return describe(self.model, self.runner.graphs_state, self.runner.graphs_detail, self.kernel_checks)
+
+
+def prepared_or_rejected(prepare: Callable[[], Any], outputs: OutputBuilder, request_id: str,
+                         params: SamplingParams | PoolingParams) -> Any:
+    """What ``prepare`` returns, or the request's error output: a RequestRejected says why in the user's terms,
+    anything else a request makes raise becomes an engine error of that request alone."""
+    try:
+        return prepare()
+    except RequestRejected as exc:
+        error, code, ids = str(exc), exc.code, exc.prompt_token_ids
+    except Exception as exc:  # noqa: BLE001 - whatever a request makes raise fails that request alone
+        log.exception("could not prepare a request", request_id=request_id)
+        error = f"the engine could not prepare this request ({type(exc).__name__}: {str(exc)[:200]})"
+        code, ids = "engine_error", []
+    log.info("request rejected", request_id=request_id, error=error[:200])
+    wants_logprobs = getattr(params, "logprobs", None) is not None
+    return outputs.rejected(request_id, error, code, ids, wants_logprobs)
 
 
 def _max_model_len(config: EngineConfig, spec: ModelSpec) -> int:

@@ -81,17 +81,18 @@ class EngineLoop:
         return self._fatal is None and self._thread.is_alive()
 
     def submit(
-        self, prompt: Prompt, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None,
-        fairness_key: str = "",
+        self, prompt: Prompt | None, params: SamplingParams | PoolingParams | None = None, request_id: str | None = None,
+        fairness_key: str = "", token_ids: list[int] | None = None,
     ) -> Future[RequestOutput]:
         """Prepare the request on this thread and queue it; the Future resolves with its output (an error
         output if it cannot run), or raises EngineDeadError if the engine thread dies first. With PoolingParams
         the request is an embedding: its output's ``embedding`` holds the vector. ``fairness_key`` names whom
-        the request is for (a tenant): waiting requests of different keys are admitted fairly by work."""
+        the request is for (a tenant): waiting requests of different keys are admitted fairly by work.
+        ``token_ids``: the prompt tokenized already (``RequestBuilder.tokenize``); ``prompt`` is then not read."""
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
             self._check_open(request_id)
-        prepared = self.engine.prepare_request(prompt, params, request_id)
+        prepared = self.engine.prepare_request(prompt, params, request_id, token_ids)
         if isinstance(prepared, Request):
             prepared.fairness_key = fairness_key
         future: Future[RequestOutput] = Future()

@@ -69,16 +69,28 @@ class RequestBuilder:
             self._tool_format = detect(self.tokenizer)
         return self._tool_format
 
-    def build(self, request_id: str, prompt: Prompt, params: SamplingParams | PoolingParams) -> Request:
-        """Raises RequestRejected (with the prompt's token ids when it got that far) for a request that cannot run."""
+    def tokenize(self, prompt: Prompt, params: SamplingParams | PoolingParams) -> list[int]:
+        """The prompt's token ids as the request will run with them (chat template with a tool request's
+        functions, tokenizer, length checks): the part of ``build`` that needs the tokenizer. RequestRejected
+        for a prompt that cannot run."""
         if isinstance(params, PoolingParams):
-            return self._build_pooling(request_id, prompt, params)
+            if self.pooling is None:
+                raise RequestRejected("this engine serves no embeddings")
+            return self.prompts.token_ids(prompt, leave=0)
         if not self.generates:
             raise RequestRejected("this model serves embeddings only: its checkpoint is a base model without a "
                                   "language-model head, so it cannot generate text; send embedding requests")
-        calling = params.tools if isinstance(params, SamplingParams) and isinstance(params.tools, ToolCalling) else None
-        prompt, template_tools = self._with_tools(prompt, calling)
-        ids = self.prompts.token_ids(prompt, tools=template_tools)
+        prompt, template_tools = self._with_tools(prompt, _tool_calling(params))
+        return self.prompts.token_ids(prompt, tools=template_tools)
+
+    def build(self, request_id: str, prompt: Prompt | None, params: SamplingParams | PoolingParams,
+              token_ids: list[int] | None = None) -> Request:
+        """Raises RequestRejected (with the prompt's token ids when it got that far) for a request that cannot run.
+        ``token_ids``: what ``tokenize`` made of the prompt already (in another process), so ``prompt`` is not read."""
+        ids = token_ids if token_ids is not None else self.tokenize(prompt, params)
+        if isinstance(params, PoolingParams):
+            return self._build_pooling(request_id, ids, params)
+        calling = _tool_calling(params)
         tool_format = None
         try:
             if not isinstance(params, SamplingParams):
@@ -147,10 +159,9 @@ class RequestBuilder:
         most = params.max_tokens if params.choices is None else self._choice_trie(tuple(params.choices)).depth + 1
         return RequestPlan(ids, max(0, min(most, self.max_model_len - len(ids))))
 
-    def _build_pooling(self, request_id: str, prompt: Prompt, params: PoolingParams) -> Request:
+    def _build_pooling(self, request_id: str, ids: list[int], params: PoolingParams) -> Request:
         if self.pooling is None:
             raise RequestRejected("this engine serves no embeddings")
-        ids = self.prompts.token_ids(prompt, leave=0)
         try:
             state = params.resolve(self.pooling, len(ids))
             self._check_fits(len(ids), 0)
@@ -199,3 +210,7 @@ class RequestBuilder:
                 self._tries.clear()
             self._tries[choices] = trie
         return trie
+
+
+def _tool_calling(params: SamplingParams | PoolingParams) -> ToolCalling | None:
+    return params.tools if isinstance(params, SamplingParams) and isinstance(params.tools, ToolCalling) else None

@@ -1,10 +1,12 @@
 """What jobs/ needs of an engine: the options a command line may set, and the handle it passes around.
 
 The handle is a Protocol so the pipeline depends on what it uses (submit, abort, stats), not on
-the engine's classes; ``start_engine`` builds the real one (``engine.EngineLoop``).
+the engine's classes; ``start_engine`` builds the real one (``engine.EngineCoreClient``, or ``engine.EngineLoop``
+in one process).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -54,10 +56,14 @@ class EngineOptions:
     kernels: str | None = field(default=None, metadata=_flag(
         "kernels: torch, triton, cpu (the C++ CPU decode attention) or auto (default: PAGEBATCH_KERNELS, else auto)",
         choices=["auto", "torch", "triton", "cpu"]))
+    engine_process: bool = field(default=True, metadata=_flag(
+        "run the engine's steps in a process of their own, so templating, tokenizing and building results never "
+        "wait on a forward pass (--no-engine-process: one process)"))
 
     def engine_kwargs(self, default_kernels: str = "auto") -> dict[str, Any]:
         kwargs = asdict(self)
         kwargs["kernels"] = self.kernels or default_kernels
+        del kwargs["engine_process"]  # how the engine is hosted, not how it runs
         return kwargs
 
 
@@ -73,14 +79,22 @@ def served_name(model_path: str, name: str | None) -> str:
 
 
 def start_engine(model_path: str, options: EngineOptions, default_kernels: str = "auto",
-                 cache_dir: Path | None = None, name: str | None = None) -> EngineHandle:
-    """Load the model (a .gguf file is converted once into ``cache_dir/gguf``) and start its engine loop."""
+                 cache_dir: Path | None = None, name: str | None = None,
+                 initializer: tuple[Callable[..., Any], tuple[Any, ...]] | None = None) -> EngineHandle:
+    """Load the model (a .gguf file is converted once into ``cache_dir/gguf``) and start its engine loop: in a
+    process of its own (``engine.EngineCoreClient``; ``initializer(*args)`` runs there first, e.g. logging) unless
+    ``options.engine_process`` is off."""
     from pagebatch.engine.config import EngineConfig
-    from pagebatch.engine.loop import EngineLoop
-    from pagebatch.engine.engine import LLMEngine
     from pagebatch.engine.models import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(model_path, cache_dir=None if cache_dir is None else cache_dir / "gguf")
     config = EngineConfig(model=str(checkpoint), served_model_name=served_name(model_path, name),
                           **options.engine_kwargs(default_kernels))
+    if options.engine_process:
+        from pagebatch.engine.core_client import EngineCoreClient
+
+        return EngineCoreClient(config, initializer)
+    from pagebatch.engine.engine import LLMEngine
+    from pagebatch.engine.loop import EngineLoop
+
     return EngineLoop(LLMEngine(config))

@@ -7,7 +7,8 @@ K and one over V, with fp32 softmax and accumulation for every cache dtype (fp32
 reference instead gathers every decode group into a padded copy (index_select) that SDPA then
 reads again. Prefill rows (query_len > 1) use the same SDPA path as the reference, except chunks that share
 cached prefix blocks with others in the batch: those attend the shared blocks together
-(``kernels/shared_prefix_attention.py``).
+(``kernels/shared_prefix_attention.py``); and fresh chunks of similar length, which attend in padded batches
+(``kernels/packed_prefill_attention.py``).
 
 The kernel is part of the CPU extension (``kernels/cpu_extension.py``), compiled on first use; if it
 cannot be built ``available()`` is False and ``paged_attention`` falls back to the reference. The
@@ -25,6 +26,7 @@ from pagebatch.kernels.cpu_extension import available, build_seconds, load as _l
 from pagebatch.kernels.cpu_moe import fused_moe
 from pagebatch.kernels.metadata import AttentionMetadata
 from pagebatch.kernels.reference import gelu_tanh_and_mul, rms_norm, rotary_embedding, silu_and_mul, write_kv
+from pagebatch.kernels.packed_prefill_attention import packed_prefill_attention, plan_packed
 from pagebatch.kernels.shared_prefix_attention import grouped_prefill_attention, plan_groups
 
 __all__ = [
@@ -84,6 +86,8 @@ def paged_attention(
             out.copy_(target)
     for group in plan.prefix_groups:
         grouped_prefill_attention(q, k_cache, v_cache, group, out, scale)
+    for packed in plan.packed:
+        packed_prefill_attention(q, k_cache, v_cache, packed, out, scale)
     reference.prefill_attention(q, k_cache, v_cache, plan.prefills, out, scale)
     return out
 
@@ -108,6 +112,8 @@ class _Plan:
         prefills = reference.plan_prefills(meta, block_size, window)
         # chunks sharing cached prefix blocks attend them together (full attention only: a window masks them)
         self.prefix_groups, self.prefills = plan_groups(prefills, block_size) if window is None else ([], prefills)
+        # short fresh prompts (nothing cached before them) in padded batches of similar length
+        self.packed, self.prefills = plan_packed(self.prefills, meta.slot_mapping)
 
 
 def _plan(meta: AttentionMetadata, block_size: int, window: int | None) -> _Plan:

@@ -30,6 +30,7 @@ from pagebatch.jobs.batch.schema import ENDPOINTS, BatchError, BatchErrors, Batc
 from pagebatch.jobs.batch.validate import FileError, Limits, RejectedLine, ValidLine, check_lines, check_size
 from pagebatch.jobs.commands.run_journal import InputDigest, JournaledResult, JournalError, RunJournal, journal_path
 from pagebatch.jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
+from pagebatch.jobs.logs import configure_logging
 from pagebatch.jobs.pipeline.execute import execute
 from pagebatch.jobs.settings import Settings
 
@@ -122,7 +123,8 @@ def _run(settings: Settings, input_path: Path, model_path: str, out_dir: Path, r
     try:
         load_started = time.perf_counter()
         options = options or EngineOptions()
-        loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name)
+        loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name,
+                            initializer=(configure_logging, (settings.log_level, settings.log_format)))
         load_seconds = time.perf_counter() - load_started
         with tempfile.TemporaryDirectory(prefix=".spill-", dir=out_dir) as spill_dir:
             try:

@@ -72,7 +72,8 @@ def run_worker(settings: Settings, model_path: str, name: str | None, concurrenc
     model = served_name(model_path, name)
     worker_id = f"{model}@{socket.gethostname()}-{os.getpid()}"
     log.info("loading model", model=model, path=model_path)
-    loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name)
+    loop = start_engine(model_path, options, settings.kernels, settings.cache_dir, name,
+                        initializer=(configure_logging, (settings.log_level, settings.log_format)))
     services = Services.from_settings(settings)
     app = create_celery(settings)
     latency = LatencyBuffer(model)

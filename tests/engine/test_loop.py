@@ -1,18 +1,21 @@
-"""EngineLoop: a long-lived engine fed from several threads, with aborts and live stats."""
+"""EngineLoop: a long-lived engine fed from several threads, with aborts and live stats; the same tests run
+against EngineCoreClient, whose engine steps in a process of its own."""
 import threading
 import time
 
 import pytest
 
 from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.core_client import EngineCoreClient
 from pagebatch.engine.loop import EngineLoop
 from pagebatch.engine.engine import LLMEngine
 from pagebatch.engine.sampling_params import SamplingParams
 
 
-@pytest.fixture()
-def loop(checkpoint_dir):
-    loop = EngineLoop(LLMEngine(EngineConfig(model=checkpoint_dir("llama"), dtype="float32", device="cpu")))
+@pytest.fixture(params=["thread", "process"])
+def loop(request, checkpoint_dir):
+    config = EngineConfig(model=checkpoint_dir("llama"), dtype="float32", device="cpu")
+    loop = EngineLoop(LLMEngine(config)) if request.param == "thread" else EngineCoreClient(config)
     yield loop
     loop.close()
 
@@ -69,8 +72,7 @@ def test_duplicate_in_flight_id_is_refused(loop):
         loop.submit("y", SamplingParams(), request_id="same")
 
 
-def test_close_aborts_what_is_left(checkpoint_dir):
-    loop = EngineLoop(LLMEngine(EngineConfig(model=checkpoint_dir("llama"), dtype="float32", device="cpu")))
+def test_close_aborts_what_is_left(loop):
     fut = loop.submit("x", SamplingParams(max_tokens=100000, ignore_eos=True))
     loop.close()
     assert fut.result(timeout=10).finish_reason in ("abort", "length")

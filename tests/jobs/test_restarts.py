@@ -50,17 +50,20 @@ def test_batches_stopped_before_prepare_report_every_line_then_a_redis_wipe_reje
 
 
 HANGING_WORKER = textwrap.dedent("""
-    import pathlib, sys, threading
+    # The patch runs at import, so it also applies in the engine core's process (spawn imports this script there
+    # as __mp_main__, where the guarded main() does not run); the flag comes by environment, which both see.
+    import os, pathlib, sys, threading
     from pagebatch.engine.engine import LLMEngine
-    flag = pathlib.Path(sys.argv.pop(1))
+    flag = pathlib.Path(os.environ["WEDGE_FLAG"])
     real_step = LLMEngine.step
     def step(self):
         if flag.exists():
             threading.Event().wait()  # a step that never returns: the engine is wedged, the process is fine
         return real_step(self)
     LLMEngine.step = step
-    from pagebatch.jobs.commands.cli import main
-    sys.exit(main())
+    if __name__ == "__main__":
+        from pagebatch.jobs.commands.cli import main
+        sys.exit(main())
 """)
 
 
@@ -98,7 +101,7 @@ def _start_script(process: Process, script, flag) -> Process:
 
     process.log.parent.mkdir(parents=True, exist_ok=True)
     with process.log.open("ab") as out:
-        process.proc = subprocess.Popen([sys.executable, str(script), str(flag), *process.args], env=process.env,
+        process.proc = subprocess.Popen([sys.executable, str(script), *process.args], env={**process.env, "WEDGE_FLAG": str(flag)},
                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return process
 
