@@ -17,7 +17,7 @@ import itertools
 import multiprocessing
 import threading
 import uuid
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 import structlog
@@ -26,7 +26,7 @@ from pagebatch.engine.config import EngineConfig
 from pagebatch.engine.core_process import CoreInfo, Initializer, serve
 from pagebatch.engine.engine import prepared_or_rejected
 from pagebatch.engine.inputs import Prompt
-from pagebatch.engine.loop import EngineDeadError
+from pagebatch.engine.loop import EngineDeadError, LoopStatus, fail_futures, resolve_futures
 from pagebatch.engine.models import resolve_checkpoint
 from pagebatch.engine.output_builder import OutputBuilder
 from pagebatch.engine.outputs import RequestOutput
@@ -40,7 +40,7 @@ log = structlog.get_logger("pagebatch.engine")
 STATS_TIMEOUT_S = 30.0
 
 
-class EngineCoreClient:
+class EngineCoreClient(LoopStatus):
     def __init__(self, config: EngineConfig, initializer: Initializer = None) -> None:
         """Start the core (it loads the model) and, meanwhile, this side's tokenizer; returns once the core is
         ready. RuntimeError with the core's reason if it could not start."""
@@ -99,14 +99,6 @@ class EngineCoreClient:
     @property
     def max_model_len(self) -> int:
         return self.info.max_model_len
-
-    @property
-    def fatal_error(self) -> BaseException | None:
-        return self._fatal
-
-    @property
-    def steps(self) -> int:
-        return self._steps
 
     def is_alive(self) -> bool:
         return self._fatal is None and self._process.is_alive() and self._receiver.is_alive()
@@ -222,14 +214,7 @@ class EngineCoreClient:
         return self._process.exitcode
 
     def _resolve(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            with self._lock:
-                future = self._futures.pop(out.request_id, None)
-            if future is not None:
-                try:
-                    future.set_result(out)
-                except InvalidStateError:  # the caller cancelled it
-                    pass
+        resolve_futures(self._futures, self._lock, outputs)
 
     def _die(self, exc: BaseException) -> None:
         with self._lock:
@@ -239,13 +224,7 @@ class EngineCoreClient:
             self._fatal = exc
             waiting = list(self._futures.values()) + list(self._stats.values())
             self._futures.clear()
-        error = EngineDeadError(f"the engine loop died: {exc}")
-        error.__cause__ = exc
-        for future in waiting:
-            try:
-                future.set_exception(error)
-            except InvalidStateError:
-                pass
+        fail_futures(waiting, exc)
 
 
 def _merged(messages: list[tuple]) -> list[tuple]:

@@ -35,7 +35,24 @@ class EngineDeadError(RuntimeError):
     """The engine loop's thread died; the message says why. Nothing submitted to it will run."""
 
 
-class EngineLoop:
+class LoopStatus:
+    """What any engine loop tells its callers about its health: why it died, and how far it has stepped."""
+
+    _fatal: BaseException | None = None
+    _steps: int = 0
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """Why the engine died; None while it runs (or after a clean close)."""
+        return self._fatal
+
+    @property
+    def steps(self) -> int:
+        """Engine steps taken so far: a caller whose requests wait sees the engine move (or not)."""
+        return self._steps
+
+
+class EngineLoop(LoopStatus):
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._lock = threading.Lock()
@@ -65,16 +82,6 @@ class EngineLoop:
         """What ``submit`` would tokenize the prompt to and the most tokens the request may generate, on the
         caller's thread; raises RequestRejected where ``submit`` would reject it. Nothing reaches the engine thread."""
         return self.engine.plan_request(prompt, params)
-
-    @property
-    def fatal_error(self) -> BaseException | None:
-        """Why the engine thread died; None while it runs (or after a clean close)."""
-        return self._fatal
-
-    @property
-    def steps(self) -> int:
-        """Engine steps taken so far: a caller whose requests wait sees the engine move (or not)."""
-        return self._steps
 
     def is_alive(self) -> bool:
         """True while the engine thread runs and has not failed; False once it died or was closed."""
@@ -192,14 +199,7 @@ class EngineLoop:
         return self.engine.outputs.rejected(request_id, error, "engine_error")
 
     def _resolve(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            with self._lock:
-                future = self._futures.pop(out.request_id, None)
-            if future is not None:
-                try:
-                    future.set_result(out)
-                except InvalidStateError:  # the caller cancelled it
-                    pass
+        resolve_futures(self._futures, self._lock, outputs)
 
     def _die(self, exc: BaseException) -> None:
         log.critical("the engine loop died; failing every pending request", error=repr(exc), exc_info=exc)
@@ -208,10 +208,27 @@ class EngineLoop:
             futures = list(self._futures.values())
             self._futures.clear()
             self._pending.clear()
-        error = EngineDeadError(f"the engine loop died: {exc!r}")
-        error.__cause__ = exc
-        for future in futures:
+        fail_futures(futures, exc)
+
+
+def resolve_futures(futures: dict[str, Future], lock: threading.Lock, outputs: list[RequestOutput]) -> None:
+    """Each output's future (taken out of ``futures`` under ``lock``) resolves with it."""
+    for out in outputs:
+        with lock:
+            future = futures.pop(out.request_id, None)
+        if future is not None:
             try:
-                future.set_exception(error)
-            except InvalidStateError:
+                future.set_result(out)
+            except InvalidStateError:  # the caller cancelled it
                 pass
+
+
+def fail_futures(futures: list[Future], cause: BaseException) -> None:
+    """Every future raises EngineDeadError, caused by ``cause``."""
+    error = EngineDeadError(f"the engine loop died: {cause!r}")
+    error.__cause__ = cause
+    for future in futures:
+        try:
+            future.set_exception(error)
+        except InvalidStateError:
+            pass
