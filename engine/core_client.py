@@ -204,6 +204,7 @@ class EngineCoreClient(LoopStatus):
                     reason = f"the engine core's loop died: {message[1]}"
                     break
                 elif kind == "closed":
+                    self._die(RuntimeError("the engine core closed"))  # fails nothing unless something still waits
                     return
         except (EOFError, OSError):
             reason = f"the engine core's process exited (code {self._exit_code()})"

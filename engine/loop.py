@@ -151,9 +151,10 @@ class EngineLoop(LoopStatus):
                     self._pending.clear()
                     closed = self._closed
                 with self._engine_lock:
-                    finished = self._apply(ops)
+                    finished = apply_ops(self.engine, ops)
                     if self.engine.has_unfinished_requests():
-                        finished += self._step()
+                        self._steps += 1
+                        finished += guarded_step(self.engine)
                     busy = self.engine.has_unfinished_requests()
                 self._resolve(finished)
                 if closed and not busy:
@@ -162,41 +163,6 @@ class EngineLoop(LoopStatus):
                     self._wakeup.wait()
         except BaseException as exc:  # noqa: BLE001 - record it, fail every waiter, never die silently
             self._die(exc)
-
-    def _apply(self, ops: list[tuple[str, Request | str]]) -> list[RequestOutput]:
-        finished = []
-        for kind, item in ops:
-            request_id = item.request_id if isinstance(item, Request) else item
-            try:
-                if kind == "add":
-                    self.engine.admit(item)
-                else:
-                    out = self.engine.abort_request(request_id)
-                    if out is not None:
-                        finished.append(out)
-            except Exception as exc:  # noqa: BLE001 - this request fails alone
-                log.exception("engine loop could not apply an operation", op=kind, request_id=request_id)
-                finished.append(self._error_output(request_id, f"internal engine error while handling {kind}: {exc!r}"))
-        return finished
-
-    def _step(self) -> list[RequestOutput]:
-        self._steps += 1
-        try:
-            return self.engine.step()
-        except Exception as exc:  # noqa: BLE001 - the step isolates bad requests itself; this is a last resort
-            log.exception("engine step failed; failing the requests in flight", error=str(exc))
-            outs = []
-            for request_id in list(self.engine.requests):
-                out = self.engine.abort_request(request_id)
-                if out is not None:
-                    out.finish_reason, out.error, out.error_code = "error", f"internal engine error: {exc}", "engine_error"
-                    outs.append(out)
-            return outs
-
-    def _error_output(self, request_id: str, error: str) -> RequestOutput:
-        # Drop what the engine still holds of it, so its blocks are freed; a second failure here is fatal.
-        self.engine.abort_request(request_id)
-        return self.engine.outputs.rejected(request_id, error, "engine_error")
 
     def _resolve(self, outputs: list[RequestOutput]) -> None:
         resolve_futures(self._futures, self._lock, outputs)
@@ -209,6 +175,44 @@ class EngineLoop(LoopStatus):
             self._futures.clear()
             self._pending.clear()
         fail_futures(futures, exc)
+
+
+def apply_ops(engine: LLMEngine, ops: list[tuple[str, Request | RequestOutput | str]]) -> list[RequestOutput]:
+    """Admit prepared requests ("add") and abort requests by id ("abort"); an operation that raises fails its
+    request alone. Returns the outputs that finished (aborted requests, and failures)."""
+    finished = []
+    for kind, item in ops:
+        request_id = item if isinstance(item, str) else item.request_id
+        try:
+            if kind == "add":
+                engine.admit(item)
+            else:
+                out = engine.abort_request(request_id)
+                if out is not None:
+                    finished.append(out)
+        except Exception as exc:  # noqa: BLE001 - this request fails alone
+            log.exception("engine loop could not apply an operation", op=kind, request_id=request_id)
+            # Drop what the engine still holds of it, so its blocks are freed; a second failure here is fatal.
+            engine.abort_request(request_id)
+            error = f"internal engine error while handling {kind}: {exc!r}"
+            finished.append(engine.outputs.rejected(request_id, error, "engine_error"))
+    return finished
+
+
+def guarded_step(engine: LLMEngine) -> list[RequestOutput]:
+    """One engine step; should it raise anyway (the step isolates bad requests itself), every request in flight
+    finishes with an engine error instead of the loop dying."""
+    try:
+        return engine.step()
+    except Exception as exc:  # noqa: BLE001 - a last resort
+        log.exception("engine step failed; failing the requests in flight", error=str(exc))
+        outs = []
+        for request_id in list(engine.requests):
+            out = engine.abort_request(request_id)
+            if out is not None:
+                out.finish_reason, out.error, out.error_code = "error", f"internal engine error: {exc}", "engine_error"
+                outs.append(out)
+        return outs
 
 
 def resolve_futures(futures: dict[str, Future], lock: threading.Lock, outputs: list[RequestOutput]) -> None:

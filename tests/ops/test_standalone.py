@@ -40,6 +40,11 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
 def kind(argv: list[str]) -> str:
     if argv and "redis-server" in argv[0]:  # redis rewrites its title: "/usr/bin/redis-server 127.0.0.1:PORT"
         return "redis"
+    command = " ".join(argv)
+    if "multiprocessing.spawn" in command:  # the worker's engine core (engine/core_process.py)
+        return "engine core"
+    if "multiprocessing.resource_tracker" in command:  # started with the core by multiprocessing's spawn
+        return "resource tracker"
     if "pagebatch.jobs.commands.cli" in argv[:-1]:
         return argv[argv.index("pagebatch.jobs.commands.cli") + 1]  # the subcommand: api / worker
     return " ".join(argv)
@@ -122,7 +127,8 @@ def standalone_run(tmp_path_factory, tiny_model) -> Outcome:
 
 
 def test_standalone_runs_its_own_redis_an_api_and_one_worker(standalone_run):
-    assert standalone_run.run.kinds() == ["api", "redis", "worker"], standalone_run.run.family
+    assert standalone_run.run.kinds() == ["api", "engine core", "redis", "resource tracker", "worker"], \
+        standalone_run.run.family
     ready = standalone_run.run.out.read_text()
     assert "(own, not persisted)" in ready and "key-local" not in ready  # configured keys are not printed
 
@@ -173,7 +179,7 @@ def test_a_given_redis_is_used_and_a_hard_kill_leaves_no_process(tmp_path, tiny_
     env = base_env(tmp_path, PAGEBATCH_REDIS_URL=redis_server.url)
     run = Standalone.start(tmp_path, tiny_model, port, env)
     try:
-        assert run.kinds() == ["api", "worker"]  # no redis-server of its own
+        assert run.kinds() == ["api", "engine core", "resource tracker", "worker"]  # no redis-server of its own
         assert "(given)" in run.out.read_text()
         worker_pid = next(pid for pid, argv in run.family.items() if kind(argv) == "worker")
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
