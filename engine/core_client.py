@@ -8,7 +8,7 @@ interpreter lock; on a GPU the steps' kernel launches never wait behind a tokeni
 
 Its surface is EngineLoop's (submit, abort, stats, plan_request, steps, is_alive, fatal_error, close), and its
 failure rules are the same: a request that cannot run resolves with its error output, and when the core dies
-(its process exits, or its engine thread fails) every pending future raises EngineDeadError and the client
+(its process exits, or its loop fails) every pending future raises EngineDeadError and the client
 refuses new work.
 """
 from __future__ import annotations

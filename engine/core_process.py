@@ -8,7 +8,7 @@ Messages, client to core: ``("submit", [(request_id, token_ids, params, fairness
 ``("abort", request_id)``, ``("stats", nonce)``, ``("close",)``. Core to client: ``("ready", CoreInfo)`` or
 ``("failed", reason)`` once, then ``("outputs", [RequestOutput, ...], steps)``, ``("stats", nonce, EngineStats)``,
 ``("dead", reason)`` when its loop failed, and ``("closed",)`` last. A client that goes away (its end
-of the pipe closes) makes the core close its engine and exit.
+of the pipe closes) makes the core exit.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from pagebatch.engine.config import EngineConfig
+from pagebatch.engine.engine import LLMEngine
 from pagebatch.engine.loop import apply_ops, guarded_step
 from pagebatch.engine.models.pooling_config import ModelPooling
 from pagebatch.engine.native_memory import limit_arenas, release_free_memory
@@ -53,8 +54,6 @@ def serve(config: EngineConfig, conn: Connection, initializer: Initializer = Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the client, which closes the core
     if initializer is not None:
         initializer[0](*initializer[1])
-    from pagebatch.engine.engine import LLMEngine
-
     try:
         engine = LLMEngine(config)
     except BaseException as exc:  # noqa: BLE001 - the client raises it as the reason the engine could not start
