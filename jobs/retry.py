@@ -15,6 +15,7 @@ from pagebatch.jobs.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
+REPORT_EVERY_S = 1.0  # well under any visibility timeout (>= 3 s), which a silent wait must not outlast
 
 
 def backoff_delays(base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None):
@@ -31,7 +32,8 @@ def through_outages(fn: Callable[[], T], *, what: str, deadline: float | None = 
                     on_wait: Callable[[], None] | None = None) -> T:
     """``fn()``, retried while it raises an outage error and ``deadline`` (time.time()) is ahead.
 
-    ``on_wait`` is called before each wait (a running shard: waiting out an outage is not being stuck)."""
+    ``on_wait`` is called at least every ``REPORT_EVERY_S`` of waiting: a running shard's lease stays renewed
+    while it waits out an outage (waiting is not being stuck), however long the backoff has grown."""
     delays = backoff_delays(base_s, cap_s)
     attempt = 0
     while True:
@@ -46,6 +48,18 @@ def through_outages(fn: Callable[[], T], *, what: str, deadline: float | None = 
                 raise
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("dependency unavailable; retrying", what=what, attempt=attempt, error=repr(e)[:300])
-            if on_wait is not None:
-                on_wait()
-            sleep(delay)
+            _wait(delay, sleep, on_wait)
+
+
+def _wait(delay: float, sleep: Callable[[float], None], on_wait: Callable[[], None] | None) -> None:
+    if on_wait is None:
+        sleep(delay)
+        return
+    left = delay
+    while True:
+        on_wait()
+        if left <= 0:
+            return
+        step = min(REPORT_EVERY_S, left)
+        sleep(step)
+        left -= step

@@ -34,3 +34,22 @@ def test_a_refused_request_is_not_retried():
     with pytest.raises(ClientError):
         through_outages(refused, what="test", sleep=lambda _: None)
     assert len(calls) == 1
+
+
+def test_a_long_backoff_keeps_reporting_that_it_is_waiting():
+    """A shard waiting out a long outage must not look stuck: its lease is renewed only while it reports."""
+    clock, reports, attempts = [0.0], [], []
+
+    def down_for_a_while():
+        attempts.append(clock[0])
+        if clock[0] < 120:
+            raise ConnectionError("reset")
+        return "ok"
+
+    def sleep(seconds):
+        clock[0] += seconds
+
+    assert through_outages(down_for_a_while, what="test", sleep=sleep, base_s=30, cap_s=30,
+                           on_wait=lambda: reports.append(clock[0])) == "ok"
+    gaps = [b - a for a, b in zip([0.0, *reports], reports)]
+    assert clock[0] >= 120 and max(gaps) <= 1.0 + 1e-9, "a report at least every second of waiting"

@@ -40,12 +40,17 @@ def test_an_s3_outage_mid_batch_delays_the_batch_and_fails_no_line(proxied_stack
     proxy.restore()
     restored_at = time.monotonic()
 
-    batch = poll(client, batch.id, lambda b: b.status in ("completed", "failed", "expired", "cancelled"),
-                 timeout=240, what="the batch to finish after the outage")
+    try:
+        batch = poll(client, batch.id, lambda b: b.status in ("completed", "failed", "expired", "cancelled"),
+                     timeout=240, what="the batch to finish after the outage")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{stack.logs()}") from None
     print(f"S3 cut {outage_s}s at a quarter of {LINES} lines: {batch.status} "
           f"{batch.request_counts.completed}/{LINES} completed, {batch.request_counts.failed} failed, "
           f"finished {time.monotonic() - restored_at:.1f}s after S3 came back")
     assert batch.status == "completed", stack.logs()
+    lapsed = [w.log.name for w in stack.workers if "made no progress" in w.log.read_text(errors="replace")]
+    assert not lapsed, f"waiting out an outage is progress, yet a shard's lease lapsed in {lapsed}"
     assert (batch.request_counts.completed, batch.request_counts.failed) == (LINES, 0), stack.logs()
     output = read_jsonl(client, batch.output_file_id)
     assert Counter(o["custom_id"] for o in output) == Counter(line["custom_id"] for line in lines)
