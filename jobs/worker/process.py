@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from celery import signals
 
-from pagebatch.engine.native_memory import limit_arenas
+from pagebatch.engine.native_memory import MMAP_THRESHOLD_BYTES, limit_arenas
 from pagebatch.jobs.engine_host import EngineHandle, EngineOptions, served_name, start_engine
 from pagebatch.jobs.logs import configure_logging, get_logger
 from pagebatch.jobs.periodic import Periodic
@@ -68,7 +68,7 @@ class ModelHeartbeat:
 
 
 def run_worker(settings: Settings, model_path: str, name: str | None, concurrency: int, options: EngineOptions) -> int:
-    limit_arenas()  # Celery's threads and the shard threads share two malloc arenas (engine/native_memory.py)
+    limit_arenas(map_from=MMAP_THRESHOLD_BYTES)  # Celery's and the shard threads share two arenas (engine/native_memory.py)
     configure_logging(settings.log_level, settings.log_format)
     _quiet_celery_logging()
     model = served_name(model_path, name)

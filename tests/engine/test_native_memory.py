@@ -1,0 +1,37 @@
+"""glibc's allocator settings of the engine's processes (engine/native_memory.py), each probed in a fresh interpreter."""
+import ctypes.util
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import ctypes, sys
+from pagebatch.engine.native_memory import MMAP_THRESHOLD_BYTES, limit_arenas
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "fixed":
+    assert limit_arenas(map_from=MMAP_THRESHOLD_BYTES)
+first = bytearray(2 * MMAP_THRESHOLD_BYTES)
+del first  # freeing a mapped block raises glibc's dynamic threshold to its size
+second = bytearray(2 * MMAP_THRESHOLD_BYTES)
+print("mapped" if libc.mallinfo2().hblkhd >= len(second) else "heap")
+"""
+
+
+def probe(mode: str) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "libc.so.6" not in (ctypes.util.find_library("c") or ""),
+                    reason="glibc only")
+def test_a_fixed_threshold_keeps_a_step_sized_block_out_of_the_heap():
+    """A step's activations of a few MiB stay mapped with the engine's setting; glibc's default would put the
+    second one in the heap, where the heap fragments around them over a long file."""
+    assert probe("default") == "heap"
+    assert probe("fixed") == "mapped"
