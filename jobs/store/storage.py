@@ -166,11 +166,13 @@ class S3Storage:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
-        # boto3's default keeps up to 10 parts of 8 MiB in flight: an API process would grow by ~80 MiB with the
-        # size of the file uploaded. Two parts bound it to 16 MiB whatever the file's length.
+        # s3transfer reads a seekable file's parts into memory ahead of sending them: up to 10 parts of 8 MiB by
+        # default (``max_in_memory_upload_chunks``, which boto3's TransferConfig does not take as an argument), so an
+        # API process grew by ~80 MiB with the size of the file uploaded. Two parts read, two sent: 16 MiB at most.
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(max_concurrency=2, multipart_chunksize=8 * 2**20)
+        config.max_in_memory_upload_chunks = 2
         self.client.upload_fileobj(fileobj, self.bucket, self._key(key), Config=config)
 
     def get_bytes(self, key: str) -> bytes:
