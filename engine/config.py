@@ -19,6 +19,7 @@ class EngineConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None  # the KV pool's size in blocks; None: derived from the memory budget
     kv_cache_memory: int | None = None  # bytes for the KV pool; None: what max_num_seqs x max_model_len needs, up to 2 GiB (and an eighth of RAM) on CPU, 90% of free memory on GPU
+    commit_kv_pool: bool = False  # CPU: fault the whole KV pool in at start (engine/runner.py zeroed_pool)
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048

@@ -61,7 +61,7 @@ class LLMEngine:
             backend, self.kernel_checks = checked_kernels(self.model, backend, config.block_size)
         self.model.use_kernels(backend)
         self.num_blocks = plan_num_kv_blocks(config, self.spec, self.dtype, self.device, self.max_model_len)
-        self.runner = ModelRunner(self.model, self.num_blocks, config.block_size)
+        self.runner = ModelRunner(self.model, self.num_blocks, config.block_size, config.commit_kv_pool)
         generates = self.model.lm_head is not None  # a base model serves embeddings only
         if config.enable_cuda_graphs and generates:
             self.runner.enable_decode_graphs(config.max_num_seqs, self.max_model_len, check=config.kernel_self_check)

@@ -53,6 +53,10 @@ class EngineOptions:
     max_num_batched_tokens: int = field(default=2048, metadata=_flag("token budget of one engine step"))
     num_kv_blocks: int | None = field(default=None, metadata=_flag("KV cache blocks (default: sized from memory)"))
     enable_prefix_caching: bool = field(default=True, metadata=_flag("reuse the KV blocks of shared prompt prefixes"))
+    commit_kv_pool: bool = field(default=True, metadata=_flag(
+        "CPU: commit the KV cache's memory when the engine starts, so the process holds from its first request what "
+        "it will hold at its millionth (--no-commit-kv-pool: as blocks are first used; the prefix cache then grows "
+        "the process into the whole pool over a long file)"))
     kernels: str | None = field(default=None, metadata=_flag(
         "kernels: torch, triton, cpu (the C++ CPU decode attention) or auto (default: PAGEBATCH_KERNELS, else auto)",
         choices=["auto", "torch", "triton", "cpu"]))

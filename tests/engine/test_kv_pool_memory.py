@@ -43,3 +43,15 @@ def test_a_large_pool_costs_no_memory_until_touched():
     pool[0].fill_(1.0)  # 4 MiB touched: at most a few huge pages more than that
     assert _rss_kib() - before < 64 * 1024
     assert pool[0].sum().item() == 2**20
+
+
+def test_a_committed_pool_holds_its_memory_from_the_start():
+    """What a service's engine holds at its first request is what it holds at its millionth: the whole pool."""
+    before = _rss_kib()
+    pool = zeroed_pool((64, 2**20), torch.float32, CPU, commit=True)  # 256 MiB
+    assert _rss_kib() - before >= 250 * 1024
+    assert not pool.any()
+    del pool
+    gc.collect()
+    assert _rss_kib() - before < 64 * 1024  # and gives it back with the tensor
+
