@@ -63,7 +63,7 @@ def zeroed_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 
     ``commit``: touch every page now. The prefix cache keeps freed blocks and hands out the least recently used
     one next, so over a long file every block of the pool is written once and the process's memory creeps up to
-    the whole pool (a million-line run: the core from ~690 to ~1,200 MiB after 8 minutes). A service process
+    the whole pool (256 MiB for the tiny test model in bfloat16, up to 2 GiB by default). A service process
     commits it at start instead: its memory is then what it was configured to hold from its first request, and a
     machine that cannot hold it says so at start, not half way through a batch."""
     if device.type != "cpu":

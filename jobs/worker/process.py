@@ -68,7 +68,7 @@ class ModelHeartbeat:
 
 
 def run_worker(settings: Settings, model_path: str, name: str | None, concurrency: int, options: EngineOptions) -> int:
-    limit_arenas(map_from=MMAP_THRESHOLD_BYTES)  # Celery's and the shard threads share two arenas (engine/native_memory.py)
+    limit_arenas(map_from=MMAP_THRESHOLD_BYTES)  # Celery's and the shard threads: engine/native_memory.py
     configure_logging(settings.log_level, settings.log_format)
     _quiet_celery_logging()
     model = served_name(model_path, name)
