@@ -24,7 +24,8 @@ from pagebatch.engine.config import EngineConfig
 from pagebatch.engine.engine import LLMEngine
 from pagebatch.engine.loop import apply_ops, guarded_step
 from pagebatch.engine.models.pooling_config import ModelPooling
-from pagebatch.engine.native_memory import MMAP_THRESHOLD_BYTES, limit_arenas, release_free_memory
+from pagebatch.engine.native_memory import (MMAP_THRESHOLD_BYTES, cache_large_blocks, limit_arenas,
+                                            release_free_memory)
 from pagebatch.engine.request import Request
 
 TICK_S = 0.5  # with requests running but none finishing, the step count still reaches the client this often
@@ -59,6 +60,8 @@ def serve(config: EngineConfig, conn: Connection, initializer: Initializer = Non
     except BaseException as exc:  # noqa: BLE001 - the client raises it as the reason the engine could not start
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    if engine.model.device.type == "cpu":
+        cache_large_blocks()  # the steps' activations, after the weights and the KV pool (engine/native_memory.py)
     conn.send(("ready", CoreInfo(engine.spec.vocab_size, engine.max_model_len, engine.num_blocks,
                                  config.block_size, frozenset(engine.eos_token_ids), engine.pooling,
                                  engine.model.lm_head is not None, engine.serving_path().as_dict())))

@@ -1,4 +1,4 @@
-"""glibc's allocator in a long-lived process that steps a model: few arenas, big blocks mapped, freed pages handed back.
+"""glibc's allocator in a long-lived process that steps a model: few arenas, large blocks apart, freed pages handed back.
 
 Three ways glibc's defaults let an engine's memory grow with the length of the file rather than with what it holds:
 - Each thread that allocates gets an arena of its own (up to eight per core), and a block freed on another thread
@@ -8,9 +8,14 @@ Three ways glibc's defaults let an engine's memory grow with the length of the f
   from then on a step's activations of a few MiB come from the heap, between the small objects that outlive them;
   the heap fragments and grows step after step (a 100,000-line `pagebatch run`: the core from 673 to 793 MiB and
   climbing; 200,000 lines: 1,153 MiB). A fixed threshold of 1 MiB turns the dynamic one off: blocks of a MiB or
-  more are mapped and unmapped whole, and the core stays flat (647-650 MiB to the end). It costs a few page faults
-  per step (~5-10% of `pagebatch run`'s lines/s with the tiny model, whose steps are mostly overhead).
+  more are mapped and unmapped whole, and the core stays flat (647-650 MiB to the end).
 - Free pages inside a heap stay resident until ``malloc_trim``, which the core calls periodically.
+
+Mapping and unmapping every large block costs page faults: each step faults its activations in again, 4 KiB at a
+time (SmolLM2's float32 prefill ran a third slower than on glibc's heap). So the core also gives torch's large CPU
+tensors to a block cache (``cache_large_blocks``, kernels/csrc/cpu_block_cache.cpp): mapped in 2 MiB pages, kept
+when freed for the next step's tensors of about their size, unmapped with the periodic trim. Large blocks never
+enter the heap, and a step reuses the pages the last one faulted in.
 Elsewhere than glibc these calls do nothing.
 """
 from __future__ import annotations
@@ -22,6 +27,9 @@ from functools import cache
 M_MMAP_THRESHOLD = -3  # mallopt's parameter numbers (malloc.h)
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 1 << 20
+BLOCK_CACHE_BYTES = 256 << 20  # freed large blocks kept for reuse between trims, at most
+
+_block_cache = False  # installed in this process
 
 
 @cache
@@ -44,7 +52,22 @@ def limit_arenas(arenas: int = 2, map_from: int | None = None) -> bool:
     return bool(libc.mallopt(M_ARENA_MAX, arenas)) and mapped
 
 
+def cache_large_blocks(min_bytes: int = MMAP_THRESHOLD_BYTES, max_cached: int = BLOCK_CACHE_BYTES) -> bool:
+    """Torch's CPU tensors of ``min_bytes`` or more from kept mappings from now on (kernels.cpu_block_cache);
+    False where the CPU extension cannot be built."""
+    global _block_cache
+    from pagebatch.kernels import cpu_block_cache
+
+    _block_cache = _block_cache or cpu_block_cache.install(min_bytes, max_cached)
+    return _block_cache
+
+
 def release_free_memory() -> bool:
-    """Hand the pages of free chunks in every arena back to the system (RSS falls to what is in use)."""
+    """Hand the pages of free chunks in every arena, and the block cache's kept blocks, back to the system (RSS
+    falls to what is in use)."""
+    if _block_cache:
+        from pagebatch.kernels import cpu_block_cache
+
+        cpu_block_cache.empty()
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))

@@ -35,3 +35,28 @@ def test_a_fixed_threshold_keeps_a_step_sized_block_out_of_the_heap():
     second one in the heap, where the heap fragments around them over a long file."""
     assert probe("default") == "heap"
     assert probe("fixed") == "mapped"
+
+
+CACHE_PROBE = """
+import torch
+from pagebatch.engine.native_memory import cache_large_blocks, release_free_memory
+from pagebatch.kernels import cpu_block_cache
+
+assert cache_large_blocks()
+activation = torch.randn(2048, 1536)  # a step's activation of a small model
+del activation
+assert cpu_block_cache.usage().cached >= 2048 * 1536 * 4  # kept for the next step
+release_free_memory()  # the core's periodic trim
+assert cpu_block_cache.usage().cached == 0
+print("ok")
+"""
+
+
+def test_the_periodic_trim_unmaps_the_blocks_kept_for_reuse():
+    from pagebatch.kernels import cpu_extension
+
+    if not cpu_extension.available():
+        pytest.skip("the CPU extension cannot be built here")
+    done = subprocess.run([sys.executable, "-c", CACHE_PROBE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
