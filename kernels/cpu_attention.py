@@ -15,8 +15,7 @@ cannot be built ``available()`` is False and ``paged_attention`` falls back to t
 engine uses it with ``EngineConfig.kernels="cpu"`` (or "auto" on CPU).
 
 This module serves as the whole CPU backend (the function names of ``kernels.reference``): the
-mixture-of-experts MLP is ``kernels.cpu_moe``'s, RMSNorm and the rotary embedding ``kernels.cpu_elementwise``'s,
-the other ops are the reference's.
+mixture-of-experts MLP is ``kernels.cpu_moe``'s, the other ops are the reference's.
 """
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ from pagebatch.kernels import reference
 from pagebatch.kernels.cpu_extension import available, build_seconds, load as _load
 from pagebatch.kernels.cpu_moe import fused_moe
 from pagebatch.kernels.metadata import AttentionMetadata
-from pagebatch.kernels.cpu_elementwise import rms_norm, rotary_embedding
-from pagebatch.kernels.reference import gelu_tanh_and_mul, silu_and_mul, write_kv
+from pagebatch.kernels.reference import gelu_tanh_and_mul, rms_norm, rotary_embedding, silu_and_mul, write_kv
 from pagebatch.kernels.packed_prefill_attention import packed_prefill_attention, plan_packed
 from pagebatch.kernels.shared_prefix_attention import grouped_prefill_attention, plan_groups
 

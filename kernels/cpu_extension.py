@@ -1,6 +1,6 @@
 """The CPU kernels' C++ extension (``kernels/csrc``): the paged decode attention (``kernels.cpu_attention``), the
-mixture-of-experts MLP (``kernels.cpu_moe``), RMSNorm and rotary embedding (``kernels.cpu_elementwise``) and the
-large-block allocator (``kernels.cpu_block_cache``), registered as ``torch.ops.pagebatch_cpu``.
+mixture-of-experts MLP (``kernels.cpu_moe``) and the large-block allocator (``kernels.cpu_block_cache``), registered
+as ``torch.ops.pagebatch_cpu``.
 
 Compiled on first use with ``torch.utils.cpp_extension.load`` (JIT, g++ with -O3 -march=native -fopenmp; ~10-20 s
 once, then cached under TORCH_EXTENSIONS_DIR, in a folder named by the sources' hash and this CPU's feature flags).
@@ -21,8 +21,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = [_CSRC / "cpu_attention.cpp", _CSRC / "cpu_moe.cpp", _CSRC / "cpu_elementwise.cpp",
-            _CSRC / "cpu_block_cache.cpp"]
+_SOURCES = [_CSRC / "cpu_attention.cpp", _CSRC / "cpu_moe.cpp", _CSRC / "cpu_block_cache.cpp"]
 _HEADERS = [_CSRC / "cpu_attention_kernel.h"]
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 _LDFLAGS = ["-fopenmp"]

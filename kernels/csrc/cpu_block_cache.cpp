@@ -8,6 +8,7 @@
 // and keeps the freed ones, up to `max_cached` bytes, for the next request of about their size; smaller
 // allocations go to malloc as before. `empty_block_cache` unmaps the kept blocks (the engine core calls it
 // with malloc_trim), so an idle process holds none.
+#include <torch/extension.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <sys/mman.h>
@@ -18,8 +19,6 @@
 #include <new>
 #include <unordered_map>
 #include <vector>
-
-#include <torch/library.h>
 
 namespace {
 
