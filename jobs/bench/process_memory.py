@@ -41,13 +41,35 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def child_rss(pid: int) -> dict[str, int]:
+    """Resident bytes of each child of a process now, by role: ``core`` for an engine core (a spawned
+    multiprocessing child), ``tracker`` for multiprocessing's resource tracker, else the child's name."""
+    out: dict[str, int] = {}
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return out
+    for proc in children:
+        try:
+            if proc.name() in BUILD_TOOLS:
+                continue
+            cmdline = " ".join(proc.cmdline())
+            role = ("tracker" if "resource_tracker" in cmdline else "core" if "multiprocessing" in cmdline
+                    else proc.name())
+            out[role] = out.get(role, 0) + proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return out
+
+
 class PeakRss:
     """Samples the RSS of each watched process tree until stopped; ``peaks`` maps each name to its peak in bytes."""
 
     def __init__(self, interval_s: float = 0.1, timeline_s: float = 10.0) -> None:
         self.interval_s, self.timeline_s = interval_s, timeline_s
         self.peaks: dict[str, int] = {}
-        # every timeline_s: each tree's RSS then, in MiB (does it grow with the lines done, or level off?)
+        # every timeline_s: each tree's RSS then, in MiB (does it grow with the lines done, or level off?), and
+        # its children's ("worker.core": the engine core's own)
         self.timeline: list[dict[str, float]] = []
         self._pids: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -89,6 +111,8 @@ class PeakRss:
                 with self._lock:
                     watched = list(self._pids.items())
                 mark = {name: round(tree_rss(pid) / 2**20, 1) for name, pid in watched}
+                for name, pid in watched:
+                    mark.update({f"{name}.{role}": round(rss / 2**20, 1) for role, rss in child_rss(pid).items()})
                 self.timeline.append({"t": round(time.monotonic() - started), **mark})
 
     def mib(self) -> dict[str, float]:
