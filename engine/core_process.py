@@ -24,8 +24,8 @@ from pagebatch.engine.config import EngineConfig
 from pagebatch.engine.engine import LLMEngine
 from pagebatch.engine.loop import apply_ops, guarded_step
 from pagebatch.engine.models.pooling_config import ModelPooling
-from pagebatch.engine.native_memory import (MMAP_THRESHOLD_BYTES, cache_large_blocks, limit_arenas,
-                                            release_free_memory)
+from pagebatch.engine.native_memory import (MMAP_THRESHOLD_BYTES, bound_matmul_caches, cache_large_blocks,
+                                            limit_arenas, release_free_memory)
 from pagebatch.engine.request import Request
 
 TICK_S = 0.5  # with requests running but none finishing, the step count still reaches the client this often
@@ -52,6 +52,7 @@ Initializer = tuple[Callable[..., Any], tuple[Any, ...]] | None  # run first in 
 def serve(config: EngineConfig, conn: Connection, initializer: Initializer = None) -> None:
     """The core process's main: load the engine, then serve the pipe until the client closes it or goes away."""
     limit_arenas(map_from=MMAP_THRESHOLD_BYTES)  # before any thread starts (engine/native_memory.py)
+    bound_matmul_caches()  # before the first matmul
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the client, which closes the core
     if initializer is not None:
         initializer[0](*initializer[1])

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from functools import cache
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter numbers (malloc.h)
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 1 << 20
 BLOCK_CACHE_BYTES = 256 << 20  # freed large blocks kept for reuse between trims, at most
+MATMUL_CACHE_ENTRIES = 64  # compiled matmul shapes oneDNN and ideep each keep (theirs: 1,024)
 
 _block_cache = False  # installed in this process
 
@@ -60,6 +62,15 @@ def cache_large_blocks(min_bytes: int = MMAP_THRESHOLD_BYTES, max_cached: int = 
 
     _block_cache = _block_cache or cpu_block_cache.install(min_bytes, max_cached)
     return _block_cache
+
+
+def bound_matmul_caches(entries: int = MATMUL_CACHE_ENTRIES) -> None:
+    """Keep at most ``entries`` compiled matmuls in oneDNN's primitive cache and in ideep's (torch's bfloat16
+    matmuls on CPU). Each caches one per distinct shape, and a step's row count varies with what it schedules, so
+    with their default of 1,024 each they held ~470 MiB of the core's heap at a million lines. Both read their
+    capacity from the environment at their first matmul: call this before it. A setting already there is kept."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
+    os.environ.setdefault("LRU_CACHE_CAPACITY", str(entries))
 
 
 def release_free_memory() -> bool:
