@@ -8,7 +8,6 @@
 // and keeps the freed ones, up to `max_cached` bytes, for the next request of about their size; smaller
 // allocations go to malloc as before. `empty_block_cache` unmaps the kept blocks (the engine core calls it
 // with malloc_trim), so an idle process holds none.
-#include <torch/extension.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <sys/mman.h>
@@ -19,6 +18,8 @@
 #include <new>
 #include <unordered_map>
 #include <vector>
+
+#include <torch/library.h>  // not torch/extension.h: the JIT build skips pybind11 (seconds, not ~35 s)
 
 namespace {
 
