@@ -59,7 +59,12 @@ def maybe_finalize(svc: Services, batch_id: str, tenant: str, redelivered: bool 
     if done < record.num_shards:
         return
     changed, record = svc.state.transition(batch_id, Event.FINALIZE)
-    if changed or (redelivered and record is not None and record.status == BatchStatus.FINALIZING):
+    # Already finalizing but not by this call: a redelivered shard, or a retry of this one whose first try moved
+    # the record (Redis) and then failed to store its copy (a storage outage) before it could send finalize.
+    # ``done`` comes from marking the last shard, so either may have been first: send it again (finalize is
+    # idempotent). The sweeper (``done`` None, not redelivered) does not.
+    resend = redelivered or done is not None
+    if changed or (resend and record is not None and record.status == BatchStatus.FINALIZING):
         log.info("all shards done; finalizing", batch_id=batch_id)
         svc.dispatch.finalize(batch_id, tenant)
 
